@@ -1,0 +1,4 @@
+package main
+
+// The embedded local keyring is always available.
+import _ "github.com/kmsfs/kmsfs/keyring/local"

@@ -1,0 +1,145 @@
+// Command kmsfs creates, mounts and manages kmsfs encrypted directories.
+//
+// Run "kmsfs help" for usage. Exit codes are documented in exitcodes.go
+// and in the README.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+
+	"github.com/awnumar/memguard"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes of every kmsfs command.
+const (
+	exitOK        = 0 // success
+	exitError     = 1 // any other error
+	exitUsage     = 2 // bad command line
+	exitNotVolume = 3 // not a kmsfs volume, or its configuration is damaged
+	exitKey       = 4 // a key could not be opened or used
+	exitMount     = 5 // the mount itself failed (mount point, /dev/fuse)
+)
+
+// commands maps a subcommand name to its implementation. Files of this
+// package add to it in init.
+var commands = map[string]func(args []string) int{}
+
+func init() {
+	commands["init"] = runInit
+	commands["mount"] = runMount
+	commands["umount"] = runUmount
+	commands["unmount"] = runUmount
+	commands["version"] = runVersion
+}
+
+const usage = `kmsfs: an encrypted directory whose file keys are held by a KMS
+
+Usage:
+    kmsfs init [--key URI]... [--block-size N] [--passphrase-file F] CIPHERDIR
+    kmsfs mount [-f] [--ro] [--allow-other] [--log-file F] CIPHERDIR MOUNTPOINT
+    kmsfs umount MOUNTPOINT
+    kmsfs version
+    kmsfs COMMAND --help
+
+CIPHERDIR holds the encrypted files; MOUNTPOINT shows them decrypted.
+Keys are named by URI; the default is a local key file,
+local://$HOME/.config/kmsfs/local.key, created by init if absent.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 not a kmsfs volume or bad
+configuration, 4 key unavailable, 5 mount failed.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	defer memguard.Purge()
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return exitOK
+	case "-v", "--version":
+		return runVersion(nil)
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		var names []string
+		for k := range commands {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		return usageError("unknown command %q (commands: %s)", args[0], strings.Join(names, ", "))
+	}
+	return cmd(args[1:])
+}
+
+func runVersion(args []string) int {
+	v := version
+	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	fmt.Printf("kmsfs %s (format version 1)\n", v)
+	return exitOK
+}
+
+// errorf prints "kmsfs: error: ..." and returns code.
+func errorf(code int, format string, a ...any) int {
+	fmt.Fprintf(os.Stderr, "kmsfs: error: "+format+"\n", a...)
+	return code
+}
+
+func hintf(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "kmsfs: hint: "+format+"\n", a...)
+}
+
+func usageError(format string, a ...any) int {
+	errorf(exitUsage, format, a...)
+	hintf("run 'kmsfs --help' for usage")
+	return exitUsage
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// parseFlags parses flags anywhere among the arguments (before, between or
+// after positional ones) and returns the positional arguments.
+func parseFlags(fs *flag.FlagSet, args []string, help string) ([]string, int, bool) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Print(help)
+				return nil, exitOK, false
+			}
+			return nil, usageError("%v", err), false
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, 0, true
+		}
+		if rest[0] == "--" {
+			return append(pos, rest[1:]...), 0, true
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}

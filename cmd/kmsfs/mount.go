@@ -1,0 +1,340 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/awnumar/memguard"
+	"golang.org/x/sys/unix"
+	"golang.org/x/term"
+
+	"github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+const mountHelp = `Usage: kmsfs mount [options] CIPHERDIR MOUNTPOINT
+
+Mounts the kmsfs volume CIPHERDIR at MOUNTPOINT. Returns once the mount is
+ready (the server keeps running in the background) or fails with a one-line
+error. Unmount with "kmsfs umount MOUNTPOINT"; SIGINT or SIGTERM to the
+server unmounts too.
+
+Options:
+    -f, --foreground          stay in the foreground
+        --ro                  mount read-only
+        --allow-other         let other users in (permissions are enforced)
+    -l, --log-file F          append the server's log to F
+    -p, --passphrase-file F   passphrase of a protected local key file
+        --debug               log every FUSE request
+`
+
+// Environment of the re-executed background server: the descriptor it
+// reports readiness on and the one it reads a passphrase from.
+const (
+	envReadyFD = "KMSFS_READY_FD"
+	envPassFD  = "KMSFS_PASSPHRASE_FD"
+)
+
+func runMount(args []string) int {
+	fl := flag.NewFlagSet("mount", flag.ContinueOnError)
+	fg := fl.Bool("foreground", false, "")
+	fl.BoolVar(fg, "f", false, "")
+	ro := fl.Bool("ro", false, "")
+	allowOther := fl.Bool("allow-other", false, "")
+	logFile := fl.String("log-file", "", "")
+	fl.StringVar(logFile, "l", "", "")
+	pf := fl.String("passphrase-file", "", "")
+	fl.StringVar(pf, "p", "", "")
+	dbg := fl.Bool("debug", false, "")
+	pos, code, ok := parseFlags(fl, args, mountHelp)
+	if !ok {
+		return code
+	}
+	if len(pos) != 2 {
+		return usageError("mount takes CIPHERDIR and MOUNTPOINT, got %d arguments", len(pos))
+	}
+	cipherDir, _ := filepath.Abs(pos[0])
+	mnt, _ := filepath.Abs(pos[1])
+	if code := checkMountPoint(mnt); code != 0 {
+		return code
+	}
+	if _, err := os.Stat(filepath.Join(cipherDir, fs.ConfigName)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			errorf(exitNotVolume, "%s: %v", cipherDir, fs.ErrNotVolume)
+			hintf("create one with 'kmsfs init %s'", cipherDir)
+			return exitNotVolume
+		}
+		return errorf(exitNotVolume, "%v", err)
+	}
+	if !*fg && os.Getenv(envReadyFD) == "" {
+		// Open the volume here first, so key problems and passphrase
+		// prompts happen on the user's terminal.
+		var pass []byte
+		src := passphraseSource(*pf)
+		res := keyring.NewResolver(keyring.Options{Passphrase: func(prompt string) ([]byte, error) {
+			p, err := src(prompt)
+			if err == nil {
+				pass = bytes.Clone(p)
+			}
+			return p, err
+		}})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		_, err := fs.Open(ctx, cipherDir, res, nil)
+		cancel()
+		if err != nil {
+			return errorf(exitCode(err), "%v", err)
+		}
+		return spawnServer(args, pass)
+	}
+
+	var logw io.Writer = os.Stderr
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return errorf(exitError, "log file: %v", err)
+		}
+		defer f.Close()
+		logw = f
+	}
+	logger := log.New(logw, "", log.LstdFlags)
+	ready := readyReporter()
+
+	opts := keyring.Options{Passphrase: passphraseSource(*pf)}
+	if fdStr := os.Getenv(envPassFD); fdStr != "" {
+		opts.Passphrase = passphraseFromFD(fdStr)
+	}
+	res := keyring.NewResolver(opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	vol, err := fs.Open(ctx, cipherDir, res, logger)
+	cancel()
+	if err != nil {
+		return ready(exitCode(err), err.Error())
+	}
+	srv, err := fs.Mount(vol, mnt, fs.MountOptions{ReadOnly: *ro, AllowOther: *allowOther, Debug: *dbg})
+	if err != nil {
+		return ready(exitMount, err.Error())
+	}
+	logger.Printf("kmsfs: serving %s at %s (volume %s)", cipherDir, mnt, vol.Config.VolumeID)
+	ready(0, "")
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		for s := range sig {
+			logger.Printf("kmsfs: %v: unmounting %s", s, mnt)
+			if err := srv.Unmount(); err != nil {
+				logger.Printf("kmsfs: unmount %s: %v (still in use? retry after closing files)", mnt, err)
+			}
+		}
+	}()
+	srv.Wait()
+	logger.Printf("kmsfs: %s unmounted", mnt)
+	memguard.Purge()
+	return exitOK
+}
+
+// checkMountPoint fails early, with a clear message, for the problems a
+// mount would otherwise report obscurely.
+func checkMountPoint(mnt string) int {
+	fi, err := os.Stat(mnt)
+	if err != nil {
+		return errorf(exitMount, "mount point %s: %v", mnt, errors.Unwrap(err))
+	}
+	if !fi.IsDir() {
+		return errorf(exitMount, "mount point %s is not a directory", mnt)
+	}
+	var st, pst unix.Stat_t
+	if unix.Stat(mnt, &st) == nil && unix.Stat(filepath.Dir(mnt), &pst) == nil && st.Dev != pst.Dev && mnt != "/" {
+		errorf(exitMount, "mount point %s is busy: something is already mounted there", mnt)
+		hintf("unmount it first with 'kmsfs umount %s'", mnt)
+		return exitMount
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		errorf(exitMount, "/dev/fuse is missing: the FUSE kernel module is not available")
+		hintf("load it with 'modprobe fuse' (or run where /dev/fuse exists)")
+		return exitMount
+	}
+	return 0
+}
+
+// readyReporter returns the function the server calls once: with code 0
+// when the mount is ready, or with an exit code and message when it failed.
+// In the foreground it just prints errors.
+func readyReporter() func(code int, msg string) int {
+	fdStr := os.Getenv(envReadyFD)
+	if fdStr == "" {
+		return func(code int, msg string) int {
+			if code != 0 {
+				return errorf(code, "%s", msg)
+			}
+			return 0
+		}
+	}
+	os.Unsetenv(envReadyFD)
+	fd, _ := strconv.Atoi(fdStr)
+	w := os.NewFile(uintptr(fd), "ready")
+	return func(code int, msg string) int {
+		fmt.Fprintf(w, "%d %s\n", code, strings.ReplaceAll(msg, "\n", " "))
+		w.Close()
+		return code
+	}
+}
+
+// spawnServer re-executes kmsfs in the foreground in a new session and
+// waits for it to report that the mount is ready.
+func spawnServer(args []string, pass []byte) int {
+	exe, err := os.Executable()
+	if err != nil {
+		return errorf(exitError, "finding own executable: %v", err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return errorf(exitError, "%v", err)
+	}
+	cmd := exec.Command(exe, append([]string{"mount"}, args...)...)
+	cmd.Env = append(os.Environ(), envReadyFD+"=3")
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return errorf(exitError, "%v", err)
+	}
+	defer devnull.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		cmd.Stderr = os.Stderr
+	}
+	if pass != nil {
+		// The server has no terminal: hand it the passphrase over a pipe.
+		ppr, ppw, err := os.Pipe()
+		if err != nil {
+			return errorf(exitError, "%v", err)
+		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, ppr)
+		cmd.Env = append(cmd.Env, envPassFD+"=4")
+		go func() {
+			ppw.Write(pass)
+			memguard.WipeBytes(pass)
+			ppw.Close()
+		}()
+		defer ppr.Close()
+	}
+	if err := cmd.Start(); err != nil {
+		return errorf(exitError, "starting server: %v", err)
+	}
+	pw.Close()
+	line, _ := bufio.NewReader(pr).ReadString('\n')
+	pr.Close()
+	code, msg, found := strings.Cut(strings.TrimSpace(line), " ")
+	if !found && code == "" {
+		err := cmd.Wait()
+		return errorf(exitError, "server exited before the mount was ready (%v)", err)
+	}
+	c, _ := strconv.Atoi(code)
+	if c != 0 {
+		cmd.Wait()
+		return errorf(c, "%s", msg)
+	}
+	cmd.Process.Release()
+	return exitOK
+}
+
+// passphraseSource returns how to get a passphrase: from the first line of
+// a file, or "-" (or no file, on a terminal) from a prompt.
+func passphraseSource(file string) func(prompt string) ([]byte, error) {
+	return func(prompt string) ([]byte, error) {
+		if file != "" && file != "-" {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return nil, fmt.Errorf("passphrase file: %w", err)
+			}
+			line, _, _ := bytes.Cut(b, []byte("\n"))
+			p := bytes.Clone(bytes.TrimRight(line, "\r"))
+			memguard.WipeBytes(b)
+			if len(p) == 0 {
+				return nil, fmt.Errorf("passphrase file %s is empty", file)
+			}
+			return p, nil
+		}
+		if !term.IsTerminal(int(os.Stdin.Fd())) {
+			return nil, errors.New("a passphrase is needed and there is no terminal: use --passphrase-file")
+		}
+		return promptPassphrase(prompt)
+	}
+}
+
+func promptPassphrase(prompt string) ([]byte, error) {
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening terminal for passphrase: %w", err)
+	}
+	defer tty.Close()
+	fmt.Fprintf(tty, "kmsfs: %s: ", prompt)
+	p, err := term.ReadPassword(int(tty.Fd()))
+	fmt.Fprintln(tty)
+	if err != nil {
+		return nil, fmt.Errorf("reading passphrase: %w", err)
+	}
+	return p, nil
+}
+
+func passphraseFromFD(fdStr string) func(string) ([]byte, error) {
+	fd, _ := strconv.Atoi(fdStr)
+	f := os.NewFile(uintptr(fd), "passphrase")
+	return func(string) ([]byte, error) {
+		b, err := io.ReadAll(io.LimitReader(f, 4096))
+		f.Close()
+		if err != nil || len(b) == 0 {
+			return nil, errors.New("no passphrase was entered")
+		}
+		return b, nil
+	}
+}
+
+const umountHelp = `Usage: kmsfs umount MOUNTPOINT
+
+Unmounts a kmsfs mount; its server then exits.
+`
+
+func runUmount(args []string) int {
+	fl := flag.NewFlagSet("umount", flag.ContinueOnError)
+	pos, code, ok := parseFlags(fl, args, umountHelp)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		return usageError("umount takes one mount point")
+	}
+	mnt, _ := filepath.Abs(pos[0])
+	err := unix.Unmount(mnt, 0)
+	if errors.Is(err, unix.EPERM) {
+		if out, ferr := exec.Command("fusermount3", "-u", mnt).CombinedOutput(); ferr == nil {
+			err = nil
+		} else {
+			err = fmt.Errorf("%v: %s", err, bytes.TrimSpace(out))
+		}
+	}
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			errorf(exitError, "unmount %s: busy (files are open or a process is inside)", mnt)
+			hintf("close them, or detach lazily with 'umount -l %s'", mnt)
+			return exitError
+		}
+		return errorf(exitError, "unmount %s: %v", mnt, err)
+	}
+	return exitOK
+}

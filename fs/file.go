@@ -1,0 +1,501 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/header"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// File is an open regular file: a backing file descriptor of its own
+// (locks are per handle) and the Node that holds the keys.
+type File struct {
+	n  *Node
+	fd int
+
+	mu     sync.Mutex
+	closed bool
+}
+
+var (
+	_ gofs.FileReader    = (*File)(nil)
+	_ gofs.FileWriter    = (*File)(nil)
+	_ gofs.FileFlusher   = (*File)(nil)
+	_ gofs.FileFsyncer   = (*File)(nil)
+	_ gofs.FileReleaser  = (*File)(nil)
+	_ gofs.FileAllocater = (*File)(nil)
+	_ gofs.FileGetlker   = (*File)(nil)
+	_ gofs.FileSetlker   = (*File)(nil)
+	_ gofs.FileSetlkwer  = (*File)(nil)
+)
+
+// bufPool holds buffers big enough for the largest FUSE request in
+// ciphertext or plaintext form.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2<<20); return &b }}
+
+func getBuf(n int) *[]byte {
+	p := bufPool.Get().(*[]byte)
+	if cap(*p) < n {
+		b := make([]byte, 0, n)
+		p = &b
+	}
+	*p = (*p)[:n]
+	return p
+}
+
+func putBuf(p *[]byte) {
+	if cap(*p) <= 4<<20 {
+		bufPool.Put(p)
+	}
+}
+
+// Read decrypts the blocks that cover [off, off+len(dest)).
+func (f *File) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n := f.n
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	cnt, err := n.readLocked(f.fd, dest, off)
+	if err != nil {
+		return nil, n.errno("read", err)
+	}
+	return fuse.ReadResultData(dest[:cnt]), 0
+}
+
+// Write encrypts data into the blocks it covers, reading and re-encrypting
+// partially covered blocks.
+func (f *File) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n := f.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err := n.writeLocked(ctx, f.fd, data, off); err != nil {
+		return 0, n.errno("write", err)
+	}
+	return uint32(len(data)), 0
+}
+
+// Flush releases POSIX locks held through this descriptor, as close(2)
+// would. Data is already in the backing file.
+func (f *File) Flush(ctx context.Context) syscall.Errno {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return syscall.EBADF
+	}
+	nfd, err := syscall.Dup(f.fd)
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	return gofs.ToErrno(syscall.Close(nfd))
+}
+
+// Fsync flushes the backing file to stable storage.
+func (f *File) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	var err error
+	if flags&1 != 0 {
+		err = unix.Fdatasync(f.fd)
+	} else {
+		err = syscall.Fsync(f.fd)
+	}
+	return gofs.ToErrno(err)
+}
+
+// Release closes the descriptor; the last release of a file wipes its
+// keys.
+func (f *File) Release(ctx context.Context) syscall.Errno {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return syscall.EBADF
+	}
+	f.closed = true
+	err := syscall.Close(f.fd)
+	f.mu.Unlock()
+	f.n.release()
+	return gofs.ToErrno(err)
+}
+
+// Allocate supports mode 0 (reserve and extend) and FALLOC_FL_KEEP_SIZE;
+// hole punching and range shifting would need re-encryption and are
+// refused.
+func (f *File) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	n := f.n
+	if mode&^unix.FALLOC_FL_KEEP_SIZE != 0 {
+		return syscall.EOPNOTSUPP
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	end := int64(off + size)
+	if mode == 0 {
+		p, _, err := n.sizes(f.fd)
+		if err != nil {
+			return n.errno("fallocate", err)
+		}
+		if end > p {
+			if err := n.truncateLocked(ctx, f.fd, end); err != nil {
+				return n.errno("fallocate", err)
+			}
+		}
+	}
+	l := n.vol.Layout
+	if n.keys == nil {
+		return 0
+	}
+	cstart := l.BlockCipherOff(l.BlockNo(int64(off)))
+	cend := l.CipherSize(end)
+	err := unix.Fallocate(f.fd, unix.FALLOC_FL_KEEP_SIZE, cstart, cend-cstart)
+	if err != nil && !errors.Is(err, syscall.EOPNOTSUPP) {
+		return gofs.ToErrno(err)
+	}
+	return 0
+}
+
+// Getlk tests for a POSIX lock (open file description locks on the
+// backing descriptor).
+func (f *File) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	var flk syscall.Flock_t
+	lk.ToFlockT(&flk)
+	err := syscall.FcntlFlock(uintptr(f.fd), unix.F_OFD_GETLK, &flk)
+	out.FromFlockT(&flk)
+	return gofs.ToErrno(err)
+}
+
+// Setlk takes or releases a lock without waiting.
+func (f *File) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return f.setLock(lk, flags, false)
+}
+
+// Setlkw takes a lock, waiting for it.
+func (f *File) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return f.setLock(lk, flags, true)
+}
+
+func (f *File) setLock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno {
+	if flags&fuse.FUSE_LK_FLOCK != 0 {
+		var op int
+		switch lk.Typ {
+		case syscall.F_RDLCK:
+			op = syscall.LOCK_SH
+		case syscall.F_WRLCK:
+			op = syscall.LOCK_EX
+		case syscall.F_UNLCK:
+			op = syscall.LOCK_UN
+		default:
+			return syscall.EINVAL
+		}
+		if !wait {
+			op |= syscall.LOCK_NB
+		}
+		return gofs.ToErrno(syscall.Flock(f.fd, op))
+	}
+	var flk syscall.Flock_t
+	lk.ToFlockT(&flk)
+	cmd := unix.F_OFD_SETLK
+	if wait {
+		cmd = unix.F_OFD_SETLKW
+	}
+	return gofs.ToErrno(syscall.FcntlFlock(uintptr(f.fd), cmd, &flk))
+}
+
+// errno logs err with the file's name and turns it into the errno the
+// caller sees: EACCES when a key refuses, EIO for damaged data, the
+// system's own errno otherwise.
+func (n *Node) errno(op string, err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var en syscall.Errno
+	switch {
+	case errors.Is(err, ErrKeyUnavailable) && keyring.IsPermanent(err):
+		n.vol.Log.Printf("kmsfs: %s %s: %v", op, n.relPath(), err)
+		return syscall.EACCES
+	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrKeyUnavailable), errors.Is(err, blockcipher.ErrAuth), errors.Is(err, blockcipher.ErrBadCipherSize):
+		n.vol.Log.Printf("kmsfs: %s %s: %v", op, n.relPath(), err)
+		return syscall.EIO
+	case errors.As(err, &en):
+		if en == syscall.ENOSPC || en == syscall.EDQUOT || en == syscall.EROFS {
+			n.vol.Log.Printf("kmsfs: %s %s: %v", op, n.relPath(), err)
+		}
+		return en
+	default:
+		n.vol.Log.Printf("kmsfs: %s %s: %v", op, n.relPath(), err)
+		return syscall.EIO
+	}
+}
+
+// sizes returns the plaintext and backing sizes of the file behind fd.
+// A backing file with a damaged tail reports the size of its whole blocks
+// and ErrBadCipherSize.
+func (n *Node) sizes(fd int) (plain, cipher int64, err error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return 0, 0, err
+	}
+	if st.Size == 0 {
+		return 0, 0, nil
+	}
+	p, err := n.vol.Layout.PlainSize(st.Size)
+	return p, st.Size, err
+}
+
+func preadFull(fd int, buf []byte, off int64) error {
+	for len(buf) > 0 {
+		m, err := syscall.Pread(fd, buf, off)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if m == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		buf = buf[m:]
+		off += int64(m)
+	}
+	return nil
+}
+
+func pwriteFull(fd int, buf []byte, off int64) error {
+	for len(buf) > 0 {
+		m, err := syscall.Pwrite(fd, buf, off)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		buf = buf[m:]
+		off += int64(m)
+	}
+	return nil
+}
+
+// readLocked decrypts into dest the plaintext at off; n.mu is held.
+func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
+	p, c, err := n.sizes(fd)
+	var tailErr error
+	if errors.Is(err, blockcipher.ErrBadCipherSize) {
+		tailErr = err // whole blocks still read; the tail fails below
+	} else if err != nil {
+		return 0, err
+	}
+	if off >= p || len(dest) == 0 {
+		if tailErr != nil && off >= p {
+			return 0, fmt.Errorf("%w: damaged tail after byte %d", tailErr, p)
+		}
+		return 0, nil
+	}
+	if n.keys == nil {
+		return 0, fmt.Errorf("%w: no header", ErrCorrupt)
+	}
+	end := min(off+int64(len(dest)), p)
+	l := n.vol.Layout
+	first, last := l.BlockRange(off, end-off)
+	coff := l.BlockCipherOff(first)
+	cend := min(l.BlockCipherOff(last+1), c)
+	cbuf := getBuf(int(cend - coff))
+	defer putBuf(cbuf)
+	if err := preadFull(fd, *cbuf, coff); err != nil {
+		return 0, fmt.Errorf("reading blocks %d-%d: %w", first, last, err)
+	}
+	pbuf := getBuf(int(last-first+1) * l.BlockSize)
+	defer putBuf(pbuf)
+	plain, err := n.keys.cipher.OpenBlocks((*pbuf)[:0], *cbuf, first)
+	if err != nil {
+		return 0, err
+	}
+	skip := off - int64(first)*int64(l.BlockSize)
+	return copy(dest, plain[skip:skip+(end-off)]), nil
+}
+
+// readBlock decrypts block b of a file whose backing size is c.
+func (n *Node) readBlock(fd int, b uint64, c int64, dst []byte) ([]byte, error) {
+	l := n.vol.Layout
+	coff := l.BlockCipherOff(b)
+	cend := min(coff+int64(l.CipherBlockSize()), c)
+	if cend <= coff {
+		return dst[:0], nil
+	}
+	cbuf := getBuf(int(cend - coff))
+	defer putBuf(cbuf)
+	if err := preadFull(fd, *cbuf, coff); err != nil {
+		return nil, fmt.Errorf("reading block %d: %w", b, err)
+	}
+	return n.keys.cipher.OpenBlock(dst[:0], *cbuf, b)
+}
+
+// ensureHeaderLocked gives a headerless (empty) file its header and keys.
+func (n *Node) ensureHeaderLocked(ctx context.Context, fd int) error {
+	_, c, err := n.sizes(fd)
+	if err != nil && !errors.Is(err, blockcipher.ErrBadCipherSize) {
+		return err
+	}
+	if c > 0 {
+		if n.keys == nil {
+			return n.loadKeysLocked(ctx, fd)
+		}
+		return nil
+	}
+	hdr, fk, err := n.vol.newFileKeys(ctx)
+	if err != nil {
+		return err
+	}
+	if err := pwriteFull(fd, hdr, 0); err != nil {
+		fk.destroy()
+		syscall.Ftruncate(fd, 0)
+		return fmt.Errorf("writing header: %w", err)
+	}
+	n.keys.destroy()
+	n.keys = fk
+	return nil
+}
+
+// rewriteBlock re-encrypts block b with plaintext plain and writes it.
+func (n *Node) rewriteBlock(fd int, b uint64, plain []byte) error {
+	l := n.vol.Layout
+	cbuf := getBuf(0)
+	defer putBuf(cbuf)
+	ct := n.keys.cipher.SealBlock((*cbuf)[:0], plain, b)
+	return pwriteFull(fd, ct, l.BlockCipherOff(b))
+}
+
+// writeLocked writes data at off; n.mu is held exclusively.
+func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) error {
+	if len(data) == 0 {
+		return nil
+	}
+	if err := n.ensureHeaderLocked(ctx, fd); err != nil {
+		return err
+	}
+	p, c, err := n.sizes(fd)
+	if err != nil {
+		return err
+	}
+	l := n.vol.Layout
+	B := int64(l.BlockSize)
+	end := off + int64(len(data))
+	first, last := l.BlockRange(off, int64(len(data)))
+
+	tmp := getBuf(int(B))
+	defer putBuf(tmp)
+	// A partial last block that the write does not reach is padded with
+	// zeros to a full block: only full blocks may become holes.
+	if p%B != 0 && uint64(p/B) < first {
+		old, err := n.readBlock(fd, uint64(p/B), c, *tmp)
+		if err != nil {
+			return err
+		}
+		full := (*tmp)[:B]
+		clear(full[len(old):])
+		if err := n.rewriteBlock(fd, uint64(p/B), full); err != nil {
+			return err
+		}
+	}
+
+	start := int64(first) * B
+	stop := min(int64(last+1)*B, max(end, p))
+	pbuf := getBuf(int(stop - start))
+	defer putBuf(pbuf)
+	plain := *pbuf
+	clear(plain)
+	if off > start && start < p {
+		old, err := n.readBlock(fd, first, c, *tmp)
+		if err != nil {
+			return err
+		}
+		copy(plain, old)
+	}
+	if lastStart := int64(last) * B; end < stop && (last != first || off == start) && lastStart < p {
+		old, err := n.readBlock(fd, last, c, *tmp)
+		if err != nil {
+			return err
+		}
+		copy(plain[lastStart-start:], old)
+	}
+	copy(plain[off-start:], data)
+	cbuf := getBuf(0)
+	defer putBuf(cbuf)
+	ct := n.keys.cipher.SealBlocks((*cbuf)[:0], plain, first)
+	return pwriteFull(fd, ct, l.BlockCipherOff(first))
+}
+
+// truncateLocked sets the plaintext size; n.mu is held exclusively.
+func (n *Node) truncateLocked(ctx context.Context, fd int, size int64) error {
+	p, c, err := n.sizes(fd)
+	if err != nil && !errors.Is(err, blockcipher.ErrBadCipherSize) {
+		return err
+	}
+	bad := err != nil
+	if c == 0 && size == 0 {
+		return nil
+	}
+	if err := n.ensureHeaderLocked(ctx, fd); err != nil {
+		return err
+	}
+	if c == 0 {
+		c = header.Size
+	}
+	if size == p && !bad {
+		return nil
+	}
+	l := n.vol.Layout
+	B := int64(l.BlockSize)
+	tmp := getBuf(int(B))
+	defer putBuf(tmp)
+	if size <= p {
+		if size%B == 0 {
+			return syscall.Ftruncate(fd, l.CipherSize(size))
+		}
+		b := uint64(size / B)
+		old, err := n.readBlock(fd, b, c, *tmp)
+		if err != nil {
+			return err
+		}
+		if err := syscall.Ftruncate(fd, l.CipherSize(size)); err != nil {
+			return err
+		}
+		return n.rewriteBlock(fd, b, old[:size%B])
+	}
+	// Growing: pad the old partial last block, extend with holes, and
+	// write a real partial block at the new end.
+	if bad {
+		if err := syscall.Ftruncate(fd, l.CipherSize(p)); err != nil {
+			return err
+		}
+	}
+	if p%B != 0 {
+		lb := uint64(p / B)
+		old, err := n.readBlock(fd, lb, c, *tmp)
+		if err != nil {
+			return err
+		}
+		newLen := min(B, size-int64(lb)*B)
+		buf := (*tmp)[:newLen]
+		clear(buf[len(old):])
+		if err := n.rewriteBlock(fd, lb, buf); err != nil {
+			return err
+		}
+		if size <= int64(lb+1)*B {
+			return nil
+		}
+	}
+	if err := syscall.Ftruncate(fd, l.CipherSize(size)); err != nil {
+		return err
+	}
+	if size%B != 0 {
+		zeros := (*tmp)[:size%B]
+		clear(zeros)
+		return n.rewriteBlock(fd, uint64(size/B), zeros)
+	}
+	return nil
+}

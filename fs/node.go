@@ -1,0 +1,515 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/header"
+)
+
+// Node is one file, directory or symlink of the mount. Directories,
+// symlinks and metadata are passed to the backing directory by the
+// embedded go-fuse loopback; everything that touches the contents or the
+// size of a regular file is kmsfs's own.
+//
+// go-fuse keeps one Node per backing inode (hard links share it), so the
+// per-file key state lives here: loaded at the first open, shared by every
+// handle, wiped at the last release.
+type Node struct {
+	*gofs.LoopbackNode
+	vol *Volume
+
+	// mu orders access to the backing file's contents and size: readers
+	// share it, writers and truncation hold it exclusively. It also guards
+	// keys and opens.
+	mu    sync.RWMutex
+	keys  *fileKeys // nil until loaded, or while the file has no header
+	opens int
+}
+
+// Compile-time checks of the go-fuse interfaces Node overrides.
+var (
+	_ gofs.NodeLookuper       = (*Node)(nil)
+	_ gofs.NodeGetattrer      = (*Node)(nil)
+	_ gofs.NodeSetattrer      = (*Node)(nil)
+	_ gofs.NodeStatxer        = (*Node)(nil)
+	_ gofs.NodeOpener         = (*Node)(nil)
+	_ gofs.NodeCreater        = (*Node)(nil)
+	_ gofs.NodeWrapChilder    = (*Node)(nil)
+	_ gofs.NodeOpendirHandler = (*Node)(nil)
+	_ gofs.NodeTmpfiler       = (*Node)(nil)
+	_ gofs.NodeMknoder        = (*Node)(nil)
+	_ gofs.NodeMkdirer        = (*Node)(nil)
+	_ gofs.NodeSymlinker      = (*Node)(nil)
+	_ gofs.NodeLinker         = (*Node)(nil)
+	_ gofs.NodeRenamer        = (*Node)(nil)
+	_ gofs.NodeUnlinker       = (*Node)(nil)
+	_ gofs.NodeRmdirer        = (*Node)(nil)
+	_ gofs.NodeCopyFileRanger = (*Node)(nil)
+)
+
+// NewRoot returns the root node of a kmsfs mount of v.
+func NewRoot(v *Volume) (*Node, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(v.Dir, &st); err != nil {
+		return nil, err
+	}
+	r := &gofs.LoopbackRoot{Path: v.Dir, Dev: uint64(st.Dev)}
+	n := &Node{LoopbackNode: &gofs.LoopbackNode{RootData: r}, vol: v}
+	r.RootNode = n
+	return n, nil
+}
+
+// WrapChild makes every node of the tree a kmsfs Node.
+func (n *Node) WrapChild(ctx context.Context, ops gofs.InodeEmbedder) gofs.InodeEmbedder {
+	if ln, ok := ops.(*gofs.LoopbackNode); ok {
+		return &Node{LoopbackNode: ln, vol: n.vol}
+	}
+	return ops
+}
+
+func (n *Node) isRoot() bool { return n.EmbeddedInode() == n.Root() }
+
+// hidden reports whether name is one of kmsfs's own files (only in the
+// root directory; callers check isRoot).
+func (n *Node) hidden(name string) bool {
+	return name == ConfigName || name == ConfigName+".tmp"
+}
+
+func (n *Node) backingPath() string {
+	return filepath.Join(n.RootData.Path, n.Path(n.Root()))
+}
+
+// relPath names the file in log lines and errors.
+func (n *Node) relPath() string {
+	p := n.Path(n.Root())
+	if p == "" {
+		return "/"
+	}
+	return p
+}
+
+// plainSize translates a backing size into the size users see.
+func (n *Node) plainSize(cipherSize int64) int64 {
+	if cipherSize == 0 {
+		return 0
+	}
+	p, _ := n.vol.Layout.PlainSize(cipherSize)
+	return p
+}
+
+func (n *Node) fixAttr(a *fuse.Attr) {
+	if a.Mode&syscall.S_IFMT == syscall.S_IFREG {
+		a.Size = uint64(n.plainSize(int64(a.Size)))
+	}
+}
+
+// Lookup hides the volume configuration and reports plaintext sizes.
+func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.isRoot() && n.hidden(name) {
+		return nil, syscall.ENOENT
+	}
+	ch, errno := n.LoopbackNode.Lookup(ctx, name, out)
+	if errno == 0 {
+		n.fixAttr(&out.Attr)
+	}
+	return ch, errno
+}
+
+// Getattr reports the plaintext size of regular files.
+func (n *Node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	var st syscall.Stat_t
+	var err error
+	if kf, ok := f.(*File); ok {
+		err = syscall.Fstat(kf.fd, &st)
+	} else if n.isRoot() {
+		err = syscall.Stat(n.backingPath(), &st)
+	} else {
+		err = syscall.Lstat(n.backingPath(), &st)
+	}
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStat(&st)
+	n.fixAttr(&out.Attr)
+	return 0
+}
+
+// Statx is answered like Getattr, with plaintext sizes.
+func (n *Node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	var st unix.Statx_t
+	var err error
+	if kf, ok := f.(*File); ok {
+		err = unix.Statx(kf.fd, "", unix.AT_EMPTY_PATH, int(mask), &st)
+	} else {
+		err = unix.Statx(unix.AT_FDCWD, n.backingPath(), unix.AT_SYMLINK_NOFOLLOW, int(mask), &st)
+	}
+	if err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.FromStatx(&st)
+	if st.Mode&syscall.S_IFMT == syscall.S_IFREG {
+		out.Size = uint64(n.plainSize(int64(st.Size)))
+	}
+	return 0
+}
+
+// Setattr changes mode, owner, size and times; size changes re-encrypt
+// the partial block at the new end.
+func (n *Node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	p := n.backingPath()
+	kf, _ := f.(*File)
+	if m, ok := in.GetMode(); ok {
+		var err error
+		if kf != nil {
+			err = syscall.Fchmod(kf.fd, m)
+		} else {
+			err = syscall.Chmod(p, m)
+		}
+		if err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		su, sg := -1, -1
+		if uok {
+			su = int(uid)
+		}
+		if gok {
+			sg = int(gid)
+		}
+		if err := unix.Fchownat(unix.AT_FDCWD, p, su, sg, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	if sz, ok := in.GetSize(); ok {
+		if errno := n.setSize(ctx, kf, int64(sz)); errno != 0 {
+			return errno
+		}
+	}
+	mt, mok := in.GetMTime()
+	at, aok := in.GetATime()
+	if mok || aok {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if aok {
+			ts[0] = unix.NsecToTimespec(at.UnixNano())
+		}
+		if mok {
+			ts[1] = unix.NsecToTimespec(mt.UnixNano())
+		}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return gofs.ToErrno(err)
+		}
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+// setSize truncates through the handle kf, or through a temporary one.
+func (n *Node) setSize(ctx context.Context, kf *File, size int64) syscall.Errno {
+	if size < 0 {
+		return syscall.EINVAL
+	}
+	if kf == nil {
+		fd, errno := n.openBacking(syscall.O_RDWR)
+		if errno != 0 {
+			return errno
+		}
+		defer syscall.Close(fd)
+		if errno := n.acquire(ctx, fd); errno != 0 {
+			return errno
+		}
+		defer n.release()
+		kf = &File{n: n, fd: fd}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.errno("truncate", n.truncateLocked(ctx, kf.fd, size))
+}
+
+// openBacking opens this node's backing file without following a symlink
+// that might have replaced it.
+func (n *Node) openBacking(flags int) (int, syscall.Errno) {
+	fd, err := syscall.Open(n.backingPath(), flags|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, gofs.ToErrno(err)
+	}
+	return fd, 0
+}
+
+// backingFlags turns the flags of a FUSE open into those for the backing
+// file: always readable (partial block writes read first), never
+// O_APPEND (the kernel computes append offsets from plaintext sizes) and
+// never O_TRUNC (kmsfs truncates itself and keeps the header).
+func backingFlags(flags uint32) int {
+	f := int(flags) &^ (syscall.O_APPEND | syscall.O_TRUNC | syscall.O_ACCMODE | syscall.O_CREAT | syscall.O_EXCL | fuse.FMODE_EXEC | syscall.O_DIRECT)
+	if int(flags)&syscall.O_ACCMODE != syscall.O_RDONLY {
+		f |= syscall.O_RDWR
+	}
+	return f | syscall.O_CLOEXEC
+}
+
+// Open opens a regular file with kmsfs's own file handle (never a
+// passthrough fd: the kernel would read ciphertext).
+func (n *Node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	fd, errno := n.openBacking(backingFlags(flags))
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	return n.newHandle(ctx, fd, flags)
+}
+
+func (n *Node) newHandle(ctx context.Context, fd int, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if errno := n.acquire(ctx, fd); errno != 0 {
+		syscall.Close(fd)
+		return nil, 0, errno
+	}
+	f := &File{n: n, fd: fd}
+	if flags&syscall.O_TRUNC != 0 && int(flags)&syscall.O_ACCMODE != syscall.O_RDONLY {
+		n.mu.Lock()
+		err := n.truncateLocked(ctx, fd, 0)
+		n.mu.Unlock()
+		if err != nil {
+			f.Release(ctx)
+			return nil, 0, n.errno("open with O_TRUNC", err)
+		}
+	}
+	return f, 0, 0
+}
+
+// Create creates a regular file. Its header (and data key) is written
+// with its first byte, so files that stay empty cost no key service call.
+func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if n.isRoot() && n.hidden(name) {
+		return nil, nil, 0, syscall.EPERM
+	}
+	p := filepath.Join(n.backingPath(), name)
+	bf := backingFlags(flags) | syscall.O_CREAT | syscall.O_NOFOLLOW
+	if flags&syscall.O_EXCL != 0 {
+		bf |= syscall.O_EXCL
+	}
+	fd, err := syscall.Open(p, bf, mode)
+	if err != nil {
+		return nil, nil, 0, gofs.ToErrno(err)
+	}
+	if caller, ok := fuse.FromContext(ctx); ok && syscall.Getuid() == 0 {
+		syscall.Fchown(fd, int(caller.Uid), int(caller.Gid))
+	}
+	ch, errno := n.Lookup(ctx, name, out)
+	if errno != 0 {
+		syscall.Close(fd)
+		return nil, nil, 0, errno
+	}
+	cn, ok := ch.Operations().(*Node)
+	if !ok {
+		syscall.Close(fd)
+		return nil, nil, 0, syscall.EIO
+	}
+	fh, fuseFlags, errno := cn.newHandle(ctx, fd, flags)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	if flags&syscall.O_TRUNC != 0 {
+		out.Attr.Size = 0
+	}
+	return ch, fh, fuseFlags, 0
+}
+
+// acquire counts a new handle and loads the file's keys if it is the
+// first one.
+func (n *Node) acquire(ctx context.Context, fd int) syscall.Errno {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.keys == nil {
+		if err := n.loadKeysLocked(ctx, fd); err != nil {
+			return n.errno("open", err)
+		}
+	}
+	n.opens++
+	return 0
+}
+
+// release drops a handle; the last one wipes the file's keys.
+func (n *Node) release() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.opens--
+	if n.opens == 0 {
+		n.keys.destroy()
+		n.keys = nil
+	}
+}
+
+// loadKeysLocked reads and unlocks the header, if the file has one.
+func (n *Node) loadKeysLocked(ctx context.Context, fd int) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Size == 0 {
+		return nil
+	}
+	if st.Size < header.Size {
+		return errors.Join(ErrCorrupt, errors.New("backing file shorter than its header"))
+	}
+	buf := make([]byte, header.Size)
+	if err := preadFull(fd, buf, 0); err != nil {
+		return err
+	}
+	h, err := header.Parse(buf)
+	if err != nil {
+		return errors.Join(ErrCorrupt, err)
+	}
+	fk, err := n.vol.unlock(ctx, h, n.relPath())
+	if err != nil {
+		return err
+	}
+	n.keys = fk
+	return nil
+}
+
+// OpendirHandle hides kmsfs's own files from the root directory listing.
+func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	h, fl, errno := n.LoopbackNode.OpendirHandle(ctx, flags)
+	if errno != 0 || !n.isRoot() {
+		return h, fl, errno
+	}
+	return &hidingDir{inner: h, n: n}, fl, 0
+}
+
+// Tmpfile (O_TMPFILE) is refused: the loopback would return a
+// passthrough handle.
+func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EOPNOTSUPP
+}
+
+// CopyFileRange is refused so the kernel copies through Read and Write.
+func (n *Node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn uint64, out *gofs.Inode, fhOut gofs.FileHandle, offOut uint64, len uint64, flags uint64) (uint32, syscall.Errno) {
+	return 0, syscall.EOPNOTSUPP
+}
+
+// Mknod refuses kmsfs's own names; a regular file made by mknod is an
+// empty kmsfs file.
+func (n *Node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.isRoot() && n.hidden(name) {
+		return nil, syscall.EPERM
+	}
+	ch, errno := n.LoopbackNode.Mknod(ctx, name, mode, rdev, out)
+	if errno == 0 {
+		n.fixAttr(&out.Attr)
+	}
+	return ch, errno
+}
+
+// Mkdir refuses kmsfs's own names.
+func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.isRoot() && n.hidden(name) {
+		return nil, syscall.EPERM
+	}
+	return n.LoopbackNode.Mkdir(ctx, name, mode, out)
+}
+
+// Symlink refuses kmsfs's own names.
+func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.isRoot() && n.hidden(name) {
+		return nil, syscall.EPERM
+	}
+	return n.LoopbackNode.Symlink(ctx, target, name, out)
+}
+
+// Link refuses kmsfs's own names and reports plaintext sizes.
+func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.isRoot() && n.hidden(name) {
+		return nil, syscall.EPERM
+	}
+	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
+	if errno == 0 {
+		n.fixAttr(&out.Attr)
+	}
+	return ch, errno
+}
+
+// Rename refuses to move anything to or from kmsfs's own names.
+func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if n.isRoot() && n.hidden(name) {
+		return syscall.ENOENT
+	}
+	if np, ok := newParent.(*Node); ok && np.isRoot() && np.hidden(newName) {
+		return syscall.EPERM
+	}
+	return n.LoopbackNode.Rename(ctx, name, newParent, newName, flags)
+}
+
+// Unlink does not see kmsfs's own names.
+func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if n.isRoot() && n.hidden(name) {
+		return syscall.ENOENT
+	}
+	return n.LoopbackNode.Unlink(ctx, name)
+}
+
+// Rmdir does not see kmsfs's own names.
+func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if n.isRoot() && n.hidden(name) {
+		return syscall.ENOENT
+	}
+	return n.LoopbackNode.Rmdir(ctx, name)
+}
+
+// hidingDir is a directory handle that skips kmsfs's own entries.
+type hidingDir struct {
+	inner gofs.FileHandle
+	n     *Node
+}
+
+var (
+	_ gofs.FileReaddirenter = (*hidingDir)(nil)
+	_ gofs.FileReleasedirer = (*hidingDir)(nil)
+	_ gofs.FileSeekdirer    = (*hidingDir)(nil)
+	_ gofs.FileFsyncdirer   = (*hidingDir)(nil)
+)
+
+// Readdirent returns the next entry that is not kmsfs's own.
+func (d *hidingDir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	r, ok := d.inner.(gofs.FileReaddirenter)
+	if !ok {
+		return nil, syscall.ENOTSUP
+	}
+	for {
+		e, errno := r.Readdirent(ctx)
+		if errno != 0 || e == nil || !d.n.hidden(e.Name) {
+			return e, errno
+		}
+	}
+}
+
+// Releasedir closes the directory.
+func (d *hidingDir) Releasedir(ctx context.Context, flags uint32) {
+	if r, ok := d.inner.(gofs.FileReleasedirer); ok {
+		r.Releasedir(ctx, flags)
+	}
+}
+
+// Seekdir rewinds or seeks the directory.
+func (d *hidingDir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if s, ok := d.inner.(gofs.FileSeekdirer); ok {
+		return s.Seekdir(ctx, off)
+	}
+	return syscall.ENOTSUP
+}
+
+// Fsyncdir syncs the directory.
+func (d *hidingDir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	if s, ok := d.inner.(gofs.FileFsyncdirer); ok {
+		return s.Fsyncdir(ctx, flags)
+	}
+	return syscall.ENOTSUP
+}

@@ -1,0 +1,189 @@
+// Package keyring owns every key service kmsfs talks to and the life of
+// every plaintext key.
+//
+// A Keyring wraps and unwraps 32-byte data keys. Keyrings are named by URI;
+// the scheme picks the provider ("local", and the cloud providers in their
+// own subpackages), which registers itself with Register. Plaintext keys
+// returned by a Keyring live in locked memory (see Key) and must be
+// destroyed by the caller when no longer needed.
+package keyring
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"sync"
+)
+
+// DataKeySize is the size in bytes of every data key kmsfs uses.
+const DataKeySize = 32
+
+// Sentinel errors that callers branch on. Providers wrap them with the
+// provider, key and the service's own message; errors.Is finds them.
+var (
+	// ErrAccessDenied: the credentials are valid but lack permission, or
+	// the key belongs to someone else.
+	ErrAccessDenied = errors.New("access denied")
+	// ErrBadCredentials: the service rejected the credentials or signature.
+	ErrBadCredentials = errors.New("invalid credentials")
+	// ErrKeyNotFound: no such key or alias.
+	ErrKeyNotFound = errors.New("key not found")
+	// ErrKeyDisabled: the key exists but is disabled or pending deletion.
+	ErrKeyDisabled = errors.New("key disabled or pending deletion")
+	// ErrThrottled: the service is rate limiting and retries were exhausted.
+	ErrThrottled = errors.New("throttled by key service")
+	// ErrUnavailable: the service could not be reached or failed; retrying
+	// later may work.
+	ErrUnavailable = errors.New("key service unavailable")
+	// ErrUnwrap: the wrapped key was not produced by this key or its
+	// encryption context differs, or it was altered.
+	ErrUnwrap = errors.New("wrapped key does not belong to this key or context (or was altered)")
+	// ErrBadURI: the key URI is malformed or names an unknown provider.
+	ErrBadURI = errors.New("bad key URI")
+)
+
+// IsPermanent reports whether err means the key will not work until the
+// user changes something (credentials, key state, configuration), as
+// opposed to a transient failure. The FUSE edge maps permanent failures to
+// EACCES and transient ones to EIO.
+func IsPermanent(err error) bool {
+	for _, e := range []error{ErrAccessDenied, ErrBadCredentials, ErrKeyNotFound, ErrKeyDisabled, ErrUnwrap, ErrBadURI} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// Keyring wraps and unwraps data keys under one key-encryption key held by
+// a key service. Implementations are safe for concurrent use.
+type Keyring interface {
+	// URI is the key URI this keyring was opened from.
+	URI() string
+	// GenerateDataKey returns a fresh random data key of DataKeySize bytes
+	// and the same key wrapped under this keyring's key, bound to encCtx.
+	GenerateDataKey(ctx context.Context, encCtx []byte) (*Key, []byte, error)
+	// Unwrap returns the data key inside wrapped. encCtx must equal the
+	// context the key was wrapped with.
+	Unwrap(ctx context.Context, wrapped, encCtx []byte) (*Key, error)
+}
+
+// Wrapper is implemented by keyrings that can wrap an existing data key
+// (used to add a key slot to a file without changing its data key).
+type Wrapper interface {
+	// Wrap wraps the plaintext data key dk bound to encCtx.
+	Wrap(ctx context.Context, dk *Key, encCtx []byte) ([]byte, error)
+}
+
+// Options carries what a provider may need from the caller to open a key.
+type Options struct {
+	// Passphrase, when not nil, is called to obtain the passphrase of a
+	// protected key (for example a passphrase-protected local key file).
+	// prompt names the key. The caller wipes the returned slice after use.
+	Passphrase func(prompt string) ([]byte, error)
+	// Create asks providers that keep keys locally to create the key if it
+	// does not exist yet (kmsfs init).
+	Create bool
+}
+
+// Opener opens the keyring named by u.
+type Opener func(ctx context.Context, u *url.URL, opts Options) (Keyring, error)
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]Opener{}
+)
+
+// Register makes a provider available for URIs with the given scheme. It
+// panics if the scheme is registered twice.
+func Register(scheme string, open Opener) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := registry[scheme]; dup {
+		panic("keyring: provider registered twice: " + scheme)
+	}
+	registry[scheme] = open
+}
+
+// Schemes lists the registered URI schemes, sorted.
+func Schemes() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	var s []string
+	for k := range registry {
+		s = append(s, k)
+	}
+	sort.Strings(s)
+	return s
+}
+
+// Open opens the keyring named by uri with the registered provider.
+func Open(ctx context.Context, uri string, opts Options) (Keyring, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, fmt.Errorf("keyring: %q: %w: %v", uri, ErrBadURI, err)
+	}
+	registryMu.RLock()
+	open, ok := registry[u.Scheme]
+	registryMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("keyring: %q: %w: unknown scheme %q (known: %v)", uri, ErrBadURI, u.Scheme, Schemes())
+	}
+	kr, err := open(ctx, u, opts)
+	if err != nil {
+		return nil, err
+	}
+	return kr, nil
+}
+
+// Resolver opens keyrings on first use and keeps them for later calls. It
+// is safe for concurrent use.
+type Resolver struct {
+	opts Options
+	mu   sync.Mutex
+	open map[string]*resolved
+}
+
+type resolved struct {
+	once sync.Once
+	kr   Keyring
+	err  error
+}
+
+// NewResolver returns a Resolver that opens keyrings with opts.
+func NewResolver(opts Options) *Resolver {
+	return &Resolver{opts: opts, open: map[string]*resolved{}}
+}
+
+// Get returns the keyring for uri, opening it on first use. A failure to
+// open is remembered only if it is permanent; transient failures are
+// retried on the next call.
+func (r *Resolver) Get(ctx context.Context, uri string) (Keyring, error) {
+	r.mu.Lock()
+	e := r.open[uri]
+	if e == nil {
+		e = &resolved{}
+		r.open[uri] = e
+	}
+	r.mu.Unlock()
+	e.once.Do(func() { e.kr, e.err = Open(ctx, uri, r.opts) })
+	if e.err != nil && !IsPermanent(e.err) {
+		r.mu.Lock()
+		if r.open[uri] == e {
+			delete(r.open, uri)
+		}
+		r.mu.Unlock()
+	}
+	return e.kr, e.err
+}
+
+// Add registers an already opened keyring with the resolver.
+func (r *Resolver) Add(kr Keyring) {
+	e := &resolved{kr: kr}
+	e.once.Do(func() {})
+	r.mu.Lock()
+	r.open[kr.URI()] = e
+	r.mu.Unlock()
+}
