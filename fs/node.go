@@ -361,7 +361,16 @@ func (n *Node) loadKeysLocked(ctx context.Context, fd int) error {
 		return errors.Join(ErrCorrupt, errors.New("backing file shorter than its header"))
 	}
 	buf := make([]byte, header.Size)
-	if err := preadFull(fd, buf, 0); err != nil {
+	// Reading the header is not an access by the user: keep atime as is
+	// (O_NOATIME needs ownership or CAP_FOWNER; without it atime moves).
+	fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	_, e := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME)
+	noatime := e == nil
+	err := preadFull(fd, buf, 0)
+	if noatime {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+	}
+	if err != nil {
 		return err
 	}
 	h, err := header.Parse(buf)
