@@ -71,8 +71,19 @@ type Volume struct {
 	Log *log.Logger
 
 	res    *keyring.Resolver
+	extra  []string // key URIs tried for slots of the same scheme
 	encCtx []byte
 	shift  uint8
+}
+
+// OpenOptions are the optional parts of opening a volume.
+type OpenOptions struct {
+	// Log receives warnings and per-file errors; nil discards them.
+	Log *log.Logger
+	// ExtraKeys are key URIs tried for every key slot of the same scheme
+	// whose own key fails, for example a local key file that moved (key
+	// slots name keys by their absolute path).
+	ExtraKeys []string
 }
 
 // EncryptionContext returns the encryption context kmsfs gives every key
@@ -195,7 +206,8 @@ func syncDir(dir string) error {
 // Open opens the volume in dir: it reads and authenticates the
 // configuration with the first of its keys that works, and checks that
 // the keys for new files can be opened.
-func Open(ctx context.Context, dir string, res *keyring.Resolver, logger *log.Logger) (*Volume, error) {
+func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions) (*Volume, error) {
+	logger := o.Log
 	if logger == nil {
 		logger = log.New(io.Discard, "", 0)
 	}
@@ -230,7 +242,7 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, logger *log.Lo
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", cpath, ErrBadConfig, err)
 	}
-	v := &Volume{Dir: abs, res: res, Log: logger, shift: h.Preamble.BlockShift}
+	v := &Volume{Dir: abs, res: res, Log: logger, shift: h.Preamble.BlockShift, extra: o.ExtraKeys}
 	v.Layout = layoutFor(h.Preamble.BlockSize())
 	fk, err := v.unlock(ctx, h, cpath)
 	if err != nil {
@@ -372,14 +384,9 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 				hdrErrs = append(hdrErrs, fmt.Errorf("key slot %s belongs to volume %s, not this volume %s", s.URI, vol, v.Config.VolumeID))
 				continue
 			}
-			kr, err := v.res.Get(ctx, s.URI)
+			dk, err := v.unwrapSlot(ctx, s)
 			if err != nil {
 				keyErrs = append(keyErrs, err)
-				continue
-			}
-			dk, err := kr.Unwrap(ctx, s.Wrapped, s.Context)
-			if err != nil {
-				keyErrs = append(keyErrs, fmt.Errorf("unwrap with %s: %w", s.URI, err))
 				continue
 			}
 			err = header.VerifyCopy(h.Preamble, c, dk.Bytes())
@@ -409,6 +416,37 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 		hdrErrs = append(hdrErrs, header.ErrNoValidCopy)
 	}
 	return nil, fmt.Errorf("%s: %w: %w", name, ErrCorrupt, errors.Join(append(hdrErrs, keyErrs...)...))
+}
+
+// unwrapSlot unwraps the data key of slot s with its own key, or failing
+// that with an extra key of the same scheme.
+func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, error) {
+	var errs []error
+	try := func(uri string) *keyring.Key {
+		kr, err := v.res.Get(ctx, uri)
+		if err != nil {
+			errs = append(errs, err)
+			return nil
+		}
+		dk, err := kr.Unwrap(ctx, s.Wrapped, s.Context)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("unwrap with %s: %w", uri, err))
+			return nil
+		}
+		return dk
+	}
+	if dk := try(s.URI); dk != nil {
+		return dk, nil
+	}
+	scheme, _, _ := strings.Cut(s.URI, ":")
+	for _, u := range v.extra {
+		if u != s.URI && strings.HasPrefix(u, scheme+":") {
+			if dk := try(u); dk != nil {
+				return dk, nil
+			}
+		}
+	}
+	return nil, errors.Join(errs...)
 }
 
 // orderSlots puts local keys (no network) first, keeping the order

@@ -46,7 +46,7 @@ const usage = `kmsfs: an encrypted directory whose file keys are held by a KMS
 
 Usage:
     kmsfs init [--key URI]... [--block-size N] [--passphrase-file F] CIPHERDIR
-    kmsfs mount [-f] [--ro] [--allow-other] [--log-file F] CIPHERDIR MOUNTPOINT
+    kmsfs mount [-f] [--ro] [--allow-other] [--log-file F] [--key URI]... CIPHERDIR MOUNTPOINT
     kmsfs umount MOUNTPOINT
     kmsfs version
     kmsfs COMMAND --help

@@ -38,6 +38,8 @@ Options:
         --ro                  mount read-only
         --allow-other         let other users in (permissions are enforced)
     -l, --log-file F          append the server's log to F
+    -k, --key URI             also try this key for key slots of the same kind
+                              (repeatable), e.g. a local key file that moved
     -p, --passphrase-file F   passphrase of a protected local key file
         --debug               log every FUSE request
 `
@@ -60,6 +62,9 @@ func runMount(args []string) int {
 	pf := fl.String("passphrase-file", "", "")
 	fl.StringVar(pf, "p", "", "")
 	dbg := fl.Bool("debug", false, "")
+	var extra stringList
+	fl.Var(&extra, "key", "")
+	fl.Var(&extra, "k", "")
 	pos, code, ok := parseFlags(fl, args, mountHelp)
 	if !ok {
 		return code
@@ -93,7 +98,7 @@ func runMount(args []string) int {
 			return p, err
 		}})
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		_, err := fs.Open(ctx, cipherDir, res, nil)
+		_, err := fs.Open(ctx, cipherDir, res, fs.OpenOptions{ExtraKeys: extra})
 		cancel()
 		if err != nil {
 			return errorf(exitCode(err), "%v", err)
@@ -119,7 +124,7 @@ func runMount(args []string) int {
 	}
 	res := keyring.NewResolver(opts)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	vol, err := fs.Open(ctx, cipherDir, res, logger)
+	vol, err := fs.Open(ctx, cipherDir, res, fs.OpenOptions{Log: logger, ExtraKeys: extra})
 	cancel()
 	if err != nil {
 		return ready(exitCode(err), err.Error())
