@@ -372,9 +372,15 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 			hdrErrs = append(hdrErrs, fmt.Errorf("header copy %d: %w", i, ce))
 		}
 	}
+	tried := map[string]bool{}
 	for _, ci := range h.Candidates() {
 		c := h.Copies[ci]
 		for _, s := range orderSlots(c.Slots) {
+			if id := s.URI + "\x00" + string(s.Wrapped) + "\x00" + string(s.Context); tried[id] {
+				continue
+			} else {
+				tried[id] = true
+			}
 			vol, err := volumeFromContext(s.Context)
 			if err != nil {
 				hdrErrs = append(hdrErrs, err)
@@ -410,12 +416,12 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 		}
 	}
 	if len(hdrErrs) == 0 && len(keyErrs) > 0 {
-		return nil, fmt.Errorf("%s: %w: %w", name, ErrKeyUnavailable, errors.Join(keyErrs...))
+		return nil, fmt.Errorf("%s: %w: %w", name, ErrKeyUnavailable, joinErrs(keyErrs))
 	}
 	if len(hdrErrs) == 0 {
 		hdrErrs = append(hdrErrs, header.ErrNoValidCopy)
 	}
-	return nil, fmt.Errorf("%s: %w: %w", name, ErrCorrupt, errors.Join(append(hdrErrs, keyErrs...)...))
+	return nil, fmt.Errorf("%s: %w: %w", name, ErrCorrupt, joinErrs(append(hdrErrs, keyErrs...)))
 }
 
 // unwrapSlot unwraps the data key of slot s with its own key, or failing
@@ -446,7 +452,31 @@ func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, e
 			}
 		}
 	}
-	return nil, errors.Join(errs...)
+	return nil, joinErrs(errs)
+}
+
+// errList joins errors on one line (log lines and CLI errors are one
+// line each); errors.Is and errors.As see every member.
+type errList []error
+
+func (l errList) Error() string {
+	s := make([]string, len(l))
+	for i, e := range l {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+func (l errList) Unwrap() []error { return l }
+
+func joinErrs(errs []error) error {
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	return errList(errs)
 }
 
 // orderSlots puts local keys (no network) first, keeping the order
