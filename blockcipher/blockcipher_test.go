@@ -290,7 +290,8 @@ func FuzzOpenBlock(f *testing.F) {
 	f.Add(blk[:Overhead], uint64(2))
 	f.Add(make([]byte, l.CipherBlockSize()), uint64(0))
 	f.Add([]byte{}, uint64(1))
-	full := c.SealBlock(nil, bytes.Repeat([]byte{7}, 4096), 0)
+	fullPlain := bytes.Repeat([]byte{7}, 4096)
+	full := c.SealBlock(nil, fullPlain, 0)
 	f.Add(full, uint64(0))
 	f.Fuzz(func(t *testing.T, block []byte, n uint64) {
 		got, err := c.OpenBlock([]byte("d"), block, n)
@@ -304,7 +305,11 @@ func FuzzOpenBlock(f *testing.F) {
 			}
 			return
 		}
-		if n == 2 && bytes.Equal(block, blk) || n == 0 && bytes.Equal(block, full) {
+		// Fuzzing workers are other processes that seal the seeds again with
+		// other nonces, so a valid block is recognised by its plaintext: a
+		// forged or modified block never opens, and a genuine one opens
+		// only under its own block number.
+		if n == 2 && bytes.Equal(got[1:], p) || n == 0 && bytes.Equal(got[1:], fullPlain) {
 			return
 		}
 		if len(block) == l.CipherBlockSize() && isHole(block) {

@@ -331,8 +331,11 @@ func (c *Copy) check() error {
 // Copies[i] == nil with CopyErrs[i] == nil means copy i is unused (all
 // zero); Copies[i] == nil with CopyErrs[i] != nil means copy i is damaged.
 type Header struct {
+	// Preamble is the parsed preamble.
 	Preamble Preamble
-	Copies   [2]*Copy
+	// Copies are the parsed copies; nil when unused or damaged.
+	Copies [2]*Copy
+	// CopyErrs are the parse errors (*ParseError) of damaged copies.
 	CopyErrs [2]error
 }
 
