@@ -215,10 +215,14 @@ func (n *Node) errno(op string, err error) syscall.Errno {
 	}
 	var en syscall.Errno
 	switch {
-	case errors.Is(err, ErrKeyUnavailable) && keyring.IsPermanent(err):
+	case errors.Is(err, ErrCorrupt), errors.Is(err, blockcipher.ErrAuth), errors.Is(err, blockcipher.ErrBadCipherSize):
+		n.vol.Log.Printf("kmsfs: %s %s: %v", op, n.relPath(), err)
+		return syscall.EIO
+	case keyring.IsPermanent(err):
 		n.vol.Log.Printf("kmsfs: %s %s: %v", op, n.relPath(), err)
 		return syscall.EACCES
-	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrKeyUnavailable), errors.Is(err, blockcipher.ErrAuth), errors.Is(err, blockcipher.ErrBadCipherSize):
+	case errors.Is(err, ErrKeyUnavailable),
+		errors.Is(err, keyring.ErrUnavailable), errors.Is(err, keyring.ErrThrottled), errors.Is(err, keyring.ErrKeyMemory):
 		n.vol.Log.Printf("kmsfs: %s %s: %v", op, n.relPath(), err)
 		return syscall.EIO
 	case errors.As(err, &en):

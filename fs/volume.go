@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/header"
@@ -70,10 +71,15 @@ type Volume struct {
 	// key material or file contents.
 	Log *log.Logger
 
-	res    *keyring.Resolver
-	extra  []string // key URIs tried for slots of the same scheme
-	encCtx []byte
-	shift  uint8
+	res   *keyring.Resolver
+	extra []string // key URIs tried for slots of the same scheme
+	// alias maps a key URI that failed to the extra key that opened its
+	// slot instead; new files are wrapped with the extra key but keep the
+	// configured URI in their slots.
+	aliasMu sync.Mutex
+	alias   map[string]string
+	encCtx  []byte
+	shift   uint8
 }
 
 // OpenOptions are the optional parts of opening a volume.
@@ -273,7 +279,7 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 	}
 	v.encCtx = EncryptionContext(c.VolumeID)
 	for _, u := range c.Keys {
-		if _, err := res.Get(ctx, u); err != nil {
+		if _, err := res.Get(ctx, v.aliasOf(u)); err != nil {
 			logger.Printf("kmsfs: key %s is not usable: %v", u, err)
 		}
 	}
@@ -324,7 +330,7 @@ func (v *Volume) newFileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
 	var dk *keyring.Key
 	defer func() { dk.Destroy() }()
 	for i, u := range v.Config.Keys {
-		kr, err := v.res.Get(ctx, u)
+		kr, err := v.res.Get(ctx, v.aliasOf(u))
 		if err != nil {
 			return nil, nil, fmt.Errorf("new file key: %w", err)
 		}
@@ -392,7 +398,13 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 			}
 			dk, err := v.unwrapSlot(ctx, s)
 			if err != nil {
-				keyErrs = append(keyErrs, err)
+				// A wrapped key its own key refuses to open was altered (or
+				// wrapped by another key): that is damage, not an outage.
+				if errors.Is(err, keyring.ErrUnwrap) {
+					hdrErrs = append(hdrErrs, err)
+				} else {
+					keyErrs = append(keyErrs, err)
+				}
 				continue
 			}
 			err = header.VerifyCopy(h.Preamble, c, dk.Bytes())
@@ -448,6 +460,12 @@ func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, e
 	for _, u := range v.extra {
 		if u != s.URI && strings.HasPrefix(u, scheme+":") {
 			if dk := try(u); dk != nil {
+				v.aliasMu.Lock()
+				if v.alias == nil {
+					v.alias = map[string]string{}
+				}
+				v.alias[s.URI] = u
+				v.aliasMu.Unlock()
 				return dk, nil
 			}
 		}
@@ -477,6 +495,15 @@ func joinErrs(errs []error) error {
 		return errs[0]
 	}
 	return errList(errs)
+}
+
+func (v *Volume) aliasOf(uri string) string {
+	v.aliasMu.Lock()
+	defer v.aliasMu.Unlock()
+	if a, ok := v.alias[uri]; ok {
+		return a
+	}
+	return uri
 }
 
 // orderSlots puts local keys (no network) first, keeping the order
