@@ -118,9 +118,10 @@ func (f *File) Release(ctx context.Context) syscall.Errno {
 		return syscall.EBADF
 	}
 	f.closed = true
+	f.n.removeFd(f.fd)
 	err := syscall.Close(f.fd)
 	f.mu.Unlock()
-	f.n.release()
+	f.n.release(f.fd)
 	return gofs.ToErrno(err)
 }
 

@@ -32,6 +32,51 @@ type Node struct {
 	mu    sync.RWMutex
 	keys  *fileKeys // nil until loaded, or while the file has no header
 	opens int
+
+	// fds are the backing descriptors open on this node (file handles and
+	// directory handles). When the node's path no longer leads to it
+	// (unlinked, replaced by a rename, O_TMPFILE), attributes and links
+	// are served through one of them.
+	fdMu sync.Mutex
+	fds  map[int]struct{}
+}
+
+func (n *Node) addFd(fd int) {
+	n.fdMu.Lock()
+	if n.fds == nil {
+		n.fds = map[int]struct{}{}
+	}
+	n.fds[fd] = struct{}{}
+	n.fdMu.Unlock()
+}
+
+func (n *Node) removeFd(fd int) {
+	n.fdMu.Lock()
+	delete(n.fds, fd)
+	n.fdMu.Unlock()
+}
+
+// withAnyFd calls fn with an open backing descriptor of this node, if it
+// has one; the descriptor stays open during the call.
+func (n *Node) withAnyFd(fn func(fd int) error) (bool, error) {
+	n.fdMu.Lock()
+	defer n.fdMu.Unlock()
+	for fd := range n.fds {
+		return true, fn(fd)
+	}
+	return false, nil
+}
+
+// statFallback answers a stat whose path lookup failed with ENOENT from
+// an open descriptor of the node.
+func (n *Node) statFallback(st *syscall.Stat_t, err error) error {
+	if err != syscall.ENOENT {
+		return err
+	}
+	if ok, ferr := n.withAnyFd(func(fd int) error { return syscall.Fstat(fd, st) }); ok {
+		return ferr
+	}
+	return err
 }
 
 // Compile-time checks of the go-fuse interfaces Node overrides.
@@ -101,7 +146,14 @@ func (n *Node) plainSize(cipherSize int64) int64 {
 	if cipherSize == 0 {
 		return 0
 	}
-	p, _ := n.vol.Layout.PlainSize(cipherSize)
+	l := n.vol.Layout
+	p, err := l.PlainSize(cipherSize)
+	if err != nil && cipherSize > header.Size {
+		// A damaged tail of 1..28 bytes: count its bytes, so that reads
+		// reach it and fail with EIO instead of the file silently
+		// looking shorter.
+		return p + (cipherSize-header.Size)%int64(l.CipherBlockSize())
+	}
 	return p
 }
 
@@ -132,7 +184,7 @@ func (n *Node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 	} else if n.isRoot() {
 		err = syscall.Stat(n.backingPath(), &st)
 	} else {
-		err = syscall.Lstat(n.backingPath(), &st)
+		err = n.statFallback(&st, syscall.Lstat(n.backingPath(), &st))
 	}
 	if err != nil {
 		return gofs.ToErrno(err)
@@ -150,6 +202,12 @@ func (n *Node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask 
 		err = unix.Statx(kf.fd, "", unix.AT_EMPTY_PATH, int(mask), &st)
 	} else {
 		err = unix.Statx(unix.AT_FDCWD, n.backingPath(), unix.AT_SYMLINK_NOFOLLOW, int(mask), &st)
+		if err == unix.ENOENT {
+			n.withAnyFd(func(fd int) error {
+				err = unix.Statx(fd, "", unix.AT_EMPTY_PATH, int(mask), &st)
+				return err
+			})
+		}
 	}
 	if err != nil {
 		return gofs.ToErrno(err)
@@ -227,7 +285,7 @@ func (n *Node) setSize(ctx context.Context, kf *File, size int64) syscall.Errno 
 		if errno := n.acquire(ctx, fd); errno != 0 {
 			return errno
 		}
-		defer n.release()
+		defer n.release(fd)
 		kf = &File{n: n, fd: fd}
 	}
 	n.mu.Lock()
@@ -334,11 +392,13 @@ func (n *Node) acquire(ctx context.Context, fd int) syscall.Errno {
 		}
 	}
 	n.opens++
+	n.addFd(fd)
 	return 0
 }
 
-// release drops a handle; the last one wipes the file's keys.
-func (n *Node) release() {
+// release drops the handle on fd; the last one wipes the file's keys.
+func (n *Node) release(fd int) {
+	n.removeFd(fd)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.opens--
@@ -385,19 +445,69 @@ func (n *Node) loadKeysLocked(ctx context.Context, fd int) error {
 	return nil
 }
 
-// OpendirHandle hides kmsfs's own files from the root directory listing.
+// OpendirHandle opens a directory with a descriptor of its own (so the
+// directory can still be stat'ed after a rename replaced it) and, in the
+// root, hides kmsfs's own files.
 func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	h, fl, errno := n.LoopbackNode.OpendirHandle(ctx, flags)
-	if errno != 0 || !n.isRoot() {
-		return h, fl, errno
+	fd, err := syscall.Open(n.backingPath(), syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, gofs.ToErrno(err)
 	}
-	return &hidingDir{inner: h, n: n}, fl, 0
+	keep, err := syscall.Dup(fd)
+	if err != nil {
+		syscall.Close(fd)
+		return nil, 0, gofs.ToErrno(err)
+	}
+	ds, errno := gofs.NewLoopbackDirStreamFd(fd)
+	if errno != 0 {
+		syscall.Close(fd)
+		syscall.Close(keep)
+		return nil, 0, errno
+	}
+	syscall.CloseOnExec(keep)
+	n.addFd(keep)
+	return &dirHandle{inner: ds, n: n, fd: keep, hide: n.isRoot()}, 0, 0
 }
 
-// Tmpfile (O_TMPFILE) is refused: the loopback would return a
-// passthrough handle.
+// Tmpfile creates an unnamed file (O_TMPFILE) with kmsfs's own handle;
+// it can be given a name later with linkat(2).
 func (n *Node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EOPNOTSUPP
+	fd, err := syscall.Open(n.backingPath(), backingFlags(flags)|unix.O_TMPFILE, mode)
+	if err != nil {
+		return nil, nil, 0, gofs.ToErrno(err)
+	}
+	if caller, ok := fuse.FromContext(ctx); ok && syscall.Getuid() == 0 {
+		syscall.Fchown(fd, int(caller.Uid), int(caller.Gid))
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		syscall.Close(fd)
+		return nil, nil, 0, gofs.ToErrno(err)
+	}
+	child := &Node{LoopbackNode: &gofs.LoopbackNode{RootData: n.RootData}, vol: n.vol}
+	ch := n.NewInode(ctx, child, n.stableAttr(fd, &st))
+	out.FromStat(&st)
+	n.fixAttr(&out.Attr)
+	fh, fl, errno := child.newHandle(ctx, fd, flags)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	return ch, fh, fl, 0
+}
+
+// stableAttr computes the inode identity exactly as the go-fuse loopback
+// does for Lookup (device mixed into the inode number, generation from
+// the birth time), so a file made here and later looked up by name is
+// the same Inode.
+func (n *Node) stableAttr(fd int, st *syscall.Stat_t) gofs.StableAttr {
+	swapped := (uint64(st.Dev) << 32) | (uint64(st.Dev) >> 32)
+	swappedRoot := (n.RootData.Dev << 32) | (n.RootData.Dev >> 32)
+	gen := uint64(1)
+	var x unix.Statx_t
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BTIME, &x) == nil && x.Mask&unix.STATX_BTIME != 0 && (x.Btime.Sec != 0 || x.Btime.Nsec != 0) {
+		gen = uint64(x.Btime.Sec)*1e9 + uint64(x.Btime.Nsec)
+	}
+	return gofs.StableAttr{Mode: st.Mode, Gen: gen, Ino: (swapped ^ swappedRoot) ^ st.Ino}
 }
 
 // CopyFileRange is refused so the kernel copies through Read and Write.
@@ -439,11 +549,36 @@ func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if n.isRoot() && n.hidden(name) {
 		return nil, syscall.EPERM
 	}
+	if tn, ok := target.(*Node); ok {
+		if _, parent := tn.EmbeddedInode().Parent(); parent == nil {
+			return n.linkUnnamed(ctx, tn, name, out)
+		}
+	}
 	ch, errno := n.LoopbackNode.Link(ctx, target, name, out)
 	if errno == 0 {
 		n.fixAttr(&out.Attr)
 	}
 	return ch, errno
+}
+
+// linkUnnamed gives a file that is in no directory (O_TMPFILE, or
+// unlinked while open) a name, through one of its open descriptors.
+func (n *Node) linkUnnamed(ctx context.Context, tn *Node, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	dirfd, err := syscall.Open(n.backingPath(), syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	defer syscall.Close(dirfd)
+	ok, err := tn.withAnyFd(func(fd int) error {
+		return unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH)
+	})
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	return n.Lookup(ctx, name, out)
 }
 
 // Rename refuses to move anything to or from kmsfs's own names.
@@ -473,42 +608,47 @@ func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	return n.LoopbackNode.Rmdir(ctx, name)
 }
 
-// hidingDir is a directory handle that skips kmsfs's own entries.
-type hidingDir struct {
+// dirHandle is a directory handle: go-fuse's loopback stream plus a
+// descriptor of kmsfs's own; in the root it skips kmsfs's own entries.
+type dirHandle struct {
 	inner gofs.FileHandle
 	n     *Node
+	fd    int
+	hide  bool
 }
 
 var (
-	_ gofs.FileReaddirenter = (*hidingDir)(nil)
-	_ gofs.FileReleasedirer = (*hidingDir)(nil)
-	_ gofs.FileSeekdirer    = (*hidingDir)(nil)
-	_ gofs.FileFsyncdirer   = (*hidingDir)(nil)
+	_ gofs.FileReaddirenter = (*dirHandle)(nil)
+	_ gofs.FileReleasedirer = (*dirHandle)(nil)
+	_ gofs.FileSeekdirer    = (*dirHandle)(nil)
+	_ gofs.FileFsyncdirer   = (*dirHandle)(nil)
 )
 
 // Readdirent returns the next entry that is not kmsfs's own.
-func (d *hidingDir) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	r, ok := d.inner.(gofs.FileReaddirenter)
 	if !ok {
 		return nil, syscall.ENOTSUP
 	}
 	for {
 		e, errno := r.Readdirent(ctx)
-		if errno != 0 || e == nil || !d.n.hidden(e.Name) {
+		if errno != 0 || e == nil || !d.hide || !d.n.hidden(e.Name) {
 			return e, errno
 		}
 	}
 }
 
 // Releasedir closes the directory.
-func (d *hidingDir) Releasedir(ctx context.Context, flags uint32) {
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	d.n.removeFd(d.fd)
+	syscall.Close(d.fd)
 	if r, ok := d.inner.(gofs.FileReleasedirer); ok {
 		r.Releasedir(ctx, flags)
 	}
 }
 
 // Seekdir rewinds or seeks the directory.
-func (d *hidingDir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if s, ok := d.inner.(gofs.FileSeekdirer); ok {
 		return s.Seekdir(ctx, off)
 	}
@@ -516,9 +656,6 @@ func (d *hidingDir) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 }
 
 // Fsyncdir syncs the directory.
-func (d *hidingDir) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
-	if s, ok := d.inner.(gofs.FileFsyncdirer); ok {
-		return s.Fsyncdir(ctx, flags)
-	}
-	return syscall.ENOTSUP
+func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	return gofs.ToErrno(syscall.Fsync(d.fd))
 }

@@ -378,43 +378,54 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 			hdrErrs = append(hdrErrs, fmt.Errorf("header copy %d: %w", i, ce))
 		}
 	}
-	tried := map[string]bool{}
+	// Both copies usually hold the same slots: unwrap each distinct slot
+	// once, and check every copy against what it unwrapped to.
+	unwrapped := map[string]*keyring.Key{}
+	failed := map[string]bool{}
+	defer func() {
+		for _, dk := range unwrapped {
+			dk.Destroy()
+		}
+	}()
 	for _, ci := range h.Candidates() {
 		c := h.Copies[ci]
 		for _, s := range orderSlots(c.Slots) {
-			if id := s.URI + "\x00" + string(s.Wrapped) + "\x00" + string(s.Context); tried[id] {
+			id := s.URI + "\x00" + string(s.Wrapped) + "\x00" + string(s.Context)
+			if failed[id] {
 				continue
-			} else {
-				tried[id] = true
 			}
 			vol, err := volumeFromContext(s.Context)
 			if err != nil {
+				failed[id] = true
 				hdrErrs = append(hdrErrs, err)
 				continue
 			}
 			if v.Config.VolumeID != "" && vol != v.Config.VolumeID {
+				failed[id] = true
 				hdrErrs = append(hdrErrs, fmt.Errorf("key slot %s belongs to volume %s, not this volume %s", s.URI, vol, v.Config.VolumeID))
 				continue
 			}
-			dk, err := v.unwrapSlot(ctx, s)
-			if err != nil {
-				// A wrapped key its own key refuses to open was altered (or
-				// wrapped by another key): that is damage, not an outage.
-				if errors.Is(err, keyring.ErrUnwrap) {
-					hdrErrs = append(hdrErrs, err)
-				} else {
-					keyErrs = append(keyErrs, err)
+			dk := unwrapped[id]
+			if dk == nil {
+				dk, err = v.unwrapSlot(ctx, s)
+				if err != nil {
+					failed[id] = true
+					// A wrapped key its own key refuses to open was altered
+					// (or wrapped by another key): damage, not an outage.
+					if errors.Is(err, keyring.ErrUnwrap) {
+						hdrErrs = append(hdrErrs, err)
+					} else {
+						keyErrs = append(keyErrs, err)
+					}
+					continue
 				}
-				continue
+				unwrapped[id] = dk
 			}
-			err = header.VerifyCopy(h.Preamble, c, dk.Bytes())
-			if err != nil {
-				dk.Destroy()
+			if err := header.VerifyCopy(h.Preamble, c, dk.Bytes()); err != nil {
 				hdrErrs = append(hdrErrs, fmt.Errorf("header copy %d: %w", ci, err))
 				break // the other slots of this copy hold the same key
 			}
 			fk, err := newFileKeysFrom(dk, h.Preamble.FileID, v.Layout)
-			dk.Destroy()
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", name, err)
 			}
@@ -423,6 +434,9 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 			fk.accepted = ci
 			for _, e := range keyErrs {
 				v.Log.Printf("kmsfs: %s: a key slot failed (another worked): %v", name, e)
+			}
+			for _, e := range hdrErrs {
+				v.Log.Printf("kmsfs: %s: damaged header copy (the other copy is good): %v", name, e)
 			}
 			return fk, nil
 		}
