@@ -1,0 +1,294 @@
+package kmsemu
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Cloud names one of the emulated services.
+type Cloud string
+
+// The emulated clouds.
+const (
+	Alibaba Cloud = "alibaba"
+	Tencent Cloud = "tencent"
+	Huawei  Cloud = "huawei"
+)
+
+func (c Cloud) valid() bool { return c == Alibaba || c == Tencent || c == Huawei }
+
+// KeyState is the life-cycle state of a CMK.
+type KeyState string
+
+// The CMK states kmsfs cares about.
+const (
+	Enabled         KeyState = "Enabled"
+	Disabled        KeyState = "Disabled"
+	PendingDeletion KeyState = "PendingDeletion"
+)
+
+// Key describes a customer master key held by the emulator. Its secret
+// never leaves the emulator.
+type Key struct {
+	Cloud   Cloud    `json:"cloud"`
+	ID      string   `json:"id"`
+	Region  string   `json:"region"`
+	Project string   `json:"project,omitempty"` // Huawei project ID
+	State   KeyState `json:"state"`
+	Aliases []string `json:"aliases,omitempty"`
+	// DeletionDate is set while PendingDeletion.
+	DeletionDate time.Time `json:"deletion_date,omitzero"`
+}
+
+type cmk struct {
+	Key
+	secret []byte // 32 bytes
+}
+
+// Errors of the key store, mapped to each cloud's codes by the handlers.
+var (
+	errNoKey      = errors.New("key not found")
+	errNoAlias    = errors.New("alias not found")
+	errDisabled   = errors.New("key disabled")
+	errPending    = errors.New("key pending deletion")
+	errCiphertext = errors.New("ciphertext malformed")
+	errAuth       = errors.New("ciphertext does not authenticate (wrong context or altered)")
+)
+
+type store struct {
+	mu      sync.Mutex
+	keys    map[string]*cmk   // by ID
+	aliases map[string]string // cloud|region|alias -> ID
+}
+
+func newStore() *store {
+	return &store{keys: map[string]*cmk{}, aliases: map[string]string{}}
+}
+
+func aliasKey(c Cloud, region, alias string) string {
+	return string(c) + "|" + region + "|" + alias
+}
+
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// KeySpec describes a key to create.
+type KeySpec struct {
+	Cloud   Cloud
+	Region  string
+	Project string // Huawei: the project the key belongs to
+	ID      string // optional; a random UUID if empty
+	Alias   string // optional, e.g. "alias/backup" (Alibaba)
+}
+
+func (s *store) create(spec KeySpec) (Key, error) {
+	if !spec.Cloud.valid() {
+		return Key{}, fmt.Errorf("unknown cloud %q", spec.Cloud)
+	}
+	if spec.Region == "" {
+		return Key{}, errors.New("region required")
+	}
+	if spec.Cloud == Huawei && spec.Project == "" {
+		return Key{}, errors.New("huawei keys need a project ID")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := spec.ID
+	if id == "" {
+		id = newUUID()
+	}
+	if _, dup := s.keys[id]; dup {
+		return Key{}, fmt.Errorf("key %s already exists", id)
+	}
+	k := &cmk{Key: Key{Cloud: spec.Cloud, ID: id, Region: spec.Region, Project: spec.Project, State: Enabled}, secret: make([]byte, 32)}
+	_, _ = rand.Read(k.secret)
+	s.keys[id] = k
+	if spec.Alias != "" {
+		if err := s.aliasLocked(k, spec.Alias); err != nil {
+			delete(s.keys, id)
+			return Key{}, err
+		}
+	}
+	return k.snapshot(), nil
+}
+
+func (k *cmk) snapshot() Key {
+	c := k.Key
+	c.Aliases = append([]string(nil), k.Aliases...)
+	return c
+}
+
+func (s *store) alias(id, alias string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := s.keys[id]
+	if k == nil {
+		return errNoKey
+	}
+	return s.aliasLocked(k, alias)
+}
+
+func (s *store) aliasLocked(k *cmk, alias string) error {
+	if !strings.HasPrefix(alias, "alias/") || len(alias) <= len("alias/") {
+		return fmt.Errorf("alias %q: want alias/NAME", alias)
+	}
+	ak := aliasKey(k.Cloud, k.Region, alias)
+	if _, dup := s.aliases[ak]; dup {
+		return fmt.Errorf("alias %s already exists", alias)
+	}
+	s.aliases[ak] = k.ID
+	k.Aliases = append(k.Aliases, alias)
+	return nil
+}
+
+func (s *store) setState(id string, st KeyState) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := s.keys[id]
+	if k == nil {
+		return errNoKey
+	}
+	switch st {
+	case Enabled, Disabled:
+		k.DeletionDate = time.Time{}
+	case PendingDeletion:
+		k.DeletionDate = time.Now().Add(7 * 24 * time.Hour).UTC().Truncate(time.Second)
+	default:
+		return fmt.Errorf("unknown key state %q", st)
+	}
+	k.State = st
+	return nil
+}
+
+func (s *store) list() []Key {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Key, 0, len(s.keys))
+	for _, k := range s.keys {
+		out = append(out, k.snapshot())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// resolve finds the key a request names (ID or alias) in cloud and region.
+func (s *store) resolve(c Cloud, region, project, ref string) (*cmk, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := ref
+	if strings.HasPrefix(ref, "alias/") {
+		id = s.aliases[aliasKey(c, region, ref)]
+		if id == "" {
+			return nil, errNoAlias
+		}
+	}
+	k := s.keys[id]
+	if k == nil || k.Cloud != c || (region != "" && k.Region != region) || (project != "" && k.Project != project) {
+		return nil, errNoKey
+	}
+	return k, nil
+}
+
+// usable reports whether k can be used for cryptography now.
+func (s *store) usable(k *cmk) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch k.State {
+	case Disabled:
+		return errDisabled
+	case PendingDeletion:
+		return errPending
+	}
+	return nil
+}
+
+// Wrapped blob layout (before the cloud's text encoding):
+//
+//	version   1 byte = 1
+//	idLen     1 byte
+//	keyID     idLen bytes
+//	nonce     12 bytes
+//	sealed    GCM(secret, nonce, plaintext, ad)
+//
+// with ad = "kmsemu v1" || cloud || 0 || keyID || 0 || u32(len(ctx)) || ctx,
+// so a blob opens only under its key and its exact (canonical) context.
+const blobVersion = 1
+
+func blobAD(c Cloud, id string, ctx []byte) []byte {
+	ad := []byte("kmsemu v1")
+	ad = append(ad, c...)
+	ad = append(ad, 0)
+	ad = append(ad, id...)
+	ad = append(ad, 0)
+	ad = binary.BigEndian.AppendUint32(ad, uint32(len(ctx)))
+	return append(ad, ctx...)
+}
+
+func (k *cmk) seal(plaintext, ctx []byte) []byte {
+	block, _ := aes.NewCipher(k.secret)
+	gcm, _ := cipher.NewGCM(block)
+	out := []byte{blobVersion, byte(len(k.ID))}
+	out = append(out, k.ID...)
+	nonce := make([]byte, gcm.NonceSize())
+	_, _ = rand.Read(nonce)
+	out = append(out, nonce...)
+	return gcm.Seal(out, nonce, plaintext, blobAD(k.Cloud, k.ID, ctx))
+}
+
+// blobKeyID returns the key ID recorded in a blob.
+func blobKeyID(blob []byte) (string, error) {
+	if len(blob) < 2 || blob[0] != blobVersion || len(blob) < 2+int(blob[1])+12+16 {
+		return "", errCiphertext
+	}
+	return string(blob[2 : 2+int(blob[1])]), nil
+}
+
+func (k *cmk) open(blob, ctx []byte) ([]byte, error) {
+	id, err := blobKeyID(blob)
+	if err != nil {
+		return nil, err
+	}
+	if id != k.ID {
+		return nil, errAuth
+	}
+	block, _ := aes.NewCipher(k.secret)
+	gcm, _ := cipher.NewGCM(block)
+	rest := blob[2+len(id):]
+	pt, err := gcm.Open(nil, rest[:12], rest[12:], blobAD(k.Cloud, k.ID, ctx))
+	if err != nil {
+		return nil, errAuth
+	}
+	return pt, nil
+}
+
+// decryptBlob finds the key inside blob (in cloud c) and opens it.
+func (s *store) decryptBlob(c Cloud, region, project string, blob, ctx []byte) (*cmk, []byte, error) {
+	id, err := blobKeyID(blob)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := s.resolve(c, region, project, id)
+	if err != nil {
+		// A blob naming a key this account cannot see: the real services
+		// report the key as not found.
+		return nil, nil, err
+	}
+	if err := s.usable(k); err != nil {
+		return k, nil, err
+	}
+	pt, err := k.open(blob, ctx)
+	return k, pt, err
+}

@@ -1,0 +1,264 @@
+package kmsemu
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Tencent Cloud KMS, API version 2019-01-18, TC3-HMAC-SHA256.
+
+type tcError struct{ code, message string }
+
+func tcErr(code, msg string) *tcError { return &tcError{code, msg} }
+
+func tcWrite(w http.ResponseWriter, resp map[string]any) {
+	resp["RequestId"] = strings.ToLower(requestID())
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_ = json.NewEncoder(w).Encode(map[string]any{"Response": resp})
+}
+
+func tcWriteErr(w http.ResponseWriter, e *tcError) {
+	tcWrite(w, map[string]any{"Error": map[string]string{"Code": e.code, "Message": e.message}})
+}
+
+func hmacSHA256(key []byte, msg string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(msg))
+	return m.Sum(nil)
+}
+
+func sha256Hex(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+func (s *Server) serveTencent(w http.ResponseWriter, r *http.Request) {
+	action := r.Header.Get("X-TC-Action")
+	throttled := func() {
+		tcWriteErr(w, tcErr("RequestLimitExceeded", "Your current request times exceeds the limit, please try again later."))
+	}
+	unavailable := func() {
+		tcWriteErr(w, tcErr("InternalError", "An internal error has occurred. Retry your request, but if the problem persists, contact us."))
+	}
+	if out := s.applyFaults(w, r, Tencent, action, throttled, unavailable); out != "" {
+		s.count(Tencent, action, out)
+		return
+	}
+	resp, err := s.tencent(r, action)
+	if err != nil {
+		s.count(Tencent, action, err.code)
+		tcWriteErr(w, err)
+		return
+	}
+	s.count(Tencent, action, "ok")
+	tcWrite(w, resp)
+}
+
+// tcAuth parses "TC3-HMAC-SHA256 Credential=ID/DATE/SERVICE/tc3_request,
+// SignedHeaders=a;b, Signature=HEX".
+func tcAuth(h string) (id, date, service, signed, sig string, ok bool) {
+	rest, found := strings.CutPrefix(h, "TC3-HMAC-SHA256 ")
+	if !found {
+		return
+	}
+	for _, part := range strings.Split(rest, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), "=")
+		switch k {
+		case "Credential":
+			p := strings.Split(v, "/")
+			if len(p) != 4 || p[3] != "tc3_request" {
+				return
+			}
+			id, date, service = p[0], p[1], p[2]
+		case "SignedHeaders":
+			signed = v
+		case "Signature":
+			sig = v
+		}
+	}
+	ok = id != "" && date != "" && service != "" && signed != "" && sig != ""
+	return
+}
+
+func (s *Server) tencent(r *http.Request, action string) (map[string]any, *tcError) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return nil, tcErr("InvalidParameter", "The request body could not be read.")
+	}
+	id, date, service, signed, sig, ok := tcAuth(r.Header.Get("Authorization"))
+	if !ok {
+		return nil, tcErr("AuthFailure.InvalidAuthorization", "Authorization in the request header is invalid.")
+	}
+	tsStr := r.Header.Get("X-TC-Timestamp")
+	ts, perr := strconv.ParseInt(tsStr, 10, 64)
+	if perr != nil {
+		return nil, tcErr("MissingParameter", "The request is missing a valid X-TC-Timestamp.")
+	}
+	cred, found := s.credential(Tencent, id)
+	if !found {
+		return nil, tcErr("AuthFailure.SecretIdNotFound", "The SecretId is not found, please ensure that your SecretId is correct.")
+	}
+	// Canonical request over the headers the client says it signed.
+	var ch strings.Builder
+	for _, name := range strings.Split(signed, ";") {
+		v := r.Header.Get(name)
+		if name == "host" {
+			v = r.Host
+		}
+		ch.WriteString(name + ":" + strings.ToLower(strings.TrimSpace(v)) + "\n")
+	}
+	payloadHash := sha256Hex(body)
+	if r.Header.Get("X-TC-Content-SHA256") == "UNSIGNED-PAYLOAD" {
+		payloadHash = sha256Hex([]byte("UNSIGNED-PAYLOAD"))
+	}
+	canonical := strings.Join([]string{r.Method, r.URL.EscapedPath(), r.URL.RawQuery, ch.String(), signed, payloadHash}, "\n")
+	scope := date + "/" + service + "/tc3_request"
+	sts := "TC3-HMAC-SHA256\n" + tsStr + "\n" + scope + "\n" + sha256Hex([]byte(canonical))
+	kDate := hmacSHA256([]byte("TC3"+cred.Secret), date)
+	kService := hmacSHA256(kDate, service)
+	kSigning := hmacSHA256(kService, "tc3_request")
+	want := hex.EncodeToString(hmacSHA256(kSigning, sts))
+	if subtle.ConstantTimeCompare([]byte(want), []byte(sig)) != 1 {
+		return nil, tcErr("AuthFailure.SignatureFailure", "The provided credentials could not be validated. Please check your signature is correct.")
+	}
+	t := time.Unix(ts, 0)
+	if !s.fresh(Tencent, t) || t.UTC().Format("2006-01-02") != date {
+		return nil, tcErr("AuthFailure.SignatureExpire", "Signature expired. Timestamp and server time cannot differ by more than five minutes.")
+	}
+	if service != "kms" {
+		return nil, tcErr("AuthFailure.InvalidAuthorization", "Credential scope names service "+service+", want kms.")
+	}
+	if v := r.Header.Get("X-TC-Version"); v != "2019-01-18" {
+		return nil, tcErr("InvalidParameterValue", "The value of X-TC-Version is not valid.")
+	}
+	switch action {
+	case "GenerateDataKey", "Decrypt", "Encrypt":
+	default:
+		return nil, tcErr("InvalidAction", "The requested action "+action+" does not exist.")
+	}
+	region := r.Header.Get("X-TC-Region")
+	if region == "" {
+		return nil, tcErr("MissingParameter", "The request is missing a required parameter `Region`.")
+	}
+	if cred.Denied {
+		return nil, tcErr("UnauthorizedOperation", "You are not authorized to perform this operation. Check your CAM policies.")
+	}
+	var req struct {
+		KeyId             *string
+		KeySpec           *string
+		NumberOfBytes     *uint64
+		EncryptionContext *string
+		CiphertextBlob    *string
+		Plaintext         *string
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, tcErr("InvalidParameter", "The request body is not valid JSON.")
+	}
+	var encCtx []byte
+	if req.EncryptionContext != nil && *req.EncryptionContext != "" {
+		var m map[string]string
+		if err := json.Unmarshal([]byte(*req.EncryptionContext), &m); err != nil {
+			return nil, tcErr("InvalidParameterValue", "EncryptionContext is not a valid JSON string map.")
+		}
+		encCtx, _ = json.Marshal(m)
+	}
+	switch action {
+	case "GenerateDataKey":
+		k, terr := s.tcKey(region, req.KeyId)
+		if terr != nil {
+			return nil, terr
+		}
+		n := 32
+		if req.KeySpec != nil {
+			switch *req.KeySpec {
+			case "AES_256":
+			case "AES_128":
+				n = 16
+			default:
+				return nil, tcErr("InvalidParameterValue", "KeySpec must be AES_128 or AES_256.")
+			}
+		}
+		if req.NumberOfBytes != nil {
+			if *req.NumberOfBytes < 1 || *req.NumberOfBytes > 1024 {
+				return nil, tcErr("InvalidParameterValue", "NumberOfBytes must be within 1 and 1024.")
+			}
+			n = int(*req.NumberOfBytes)
+		}
+		dk := make([]byte, n)
+		_, _ = rand.Read(dk)
+		return map[string]any{
+			"KeyId":          k.ID,
+			"Plaintext":      base64.StdEncoding.EncodeToString(dk),
+			"CiphertextBlob": base64.StdEncoding.EncodeToString(k.seal(dk, encCtx)),
+		}, nil
+	case "Encrypt":
+		k, terr := s.tcKey(region, req.KeyId)
+		if terr != nil {
+			return nil, terr
+		}
+		if req.Plaintext == nil {
+			return nil, tcErr("MissingParameter", "The request is missing a required parameter `Plaintext`.")
+		}
+		pt, err := base64.StdEncoding.Strict().DecodeString(*req.Plaintext)
+		if err != nil || len(pt) == 0 || len(pt) > 4096 {
+			return nil, tcErr("InvalidParameterValue.InvalidPlaintext", "Plaintext must be base64 of 1 to 4096 bytes.")
+		}
+		return map[string]any{
+			"KeyId":          k.ID,
+			"CiphertextBlob": base64.StdEncoding.EncodeToString(k.seal(pt, encCtx)),
+		}, nil
+	default: // Decrypt
+		if req.CiphertextBlob == nil {
+			return nil, tcErr("MissingParameter", "The request is missing a required parameter `CiphertextBlob`.")
+		}
+		blob, err := base64.StdEncoding.DecodeString(*req.CiphertextBlob)
+		if err != nil || len(blob) == 0 {
+			return nil, tcErr("InvalidParameterValue.InvalidCiphertext", "The ciphertext format is incorrect.")
+		}
+		k, pt, err := s.store.decryptBlob(Tencent, region, "", blob, encCtx)
+		if err != nil {
+			return nil, tcStoreErr(err)
+		}
+		return map[string]any{"KeyId": k.ID, "Plaintext": base64.StdEncoding.EncodeToString(pt)}, nil
+	}
+}
+
+func (s *Server) tcKey(region string, ref *string) (*cmk, *tcError) {
+	if ref == nil || *ref == "" {
+		return nil, tcErr("MissingParameter", "The request is missing a required parameter `KeyId`.")
+	}
+	k, err := s.store.resolve(Tencent, region, "", *ref)
+	if err == nil {
+		err = s.store.usable(k)
+	}
+	if err != nil {
+		return nil, tcStoreErr(err)
+	}
+	return k, nil
+}
+
+func tcStoreErr(err error) *tcError {
+	switch err {
+	case errNoKey, errNoAlias:
+		return tcErr("ResourceUnavailable.CmkNotFound", "The CMK does not exist.")
+	case errDisabled:
+		return tcErr("ResourceUnavailable.CmkDisabled", "The CMK is disabled.")
+	case errPending:
+		return tcErr("ResourceUnavailable.KeyPendingDelete", "The CMK is pending deletion.")
+	case errAuth:
+		return tcErr("FailedOperation.DecryptError", "Decryption failed.")
+	default:
+		return tcErr("InvalidParameterValue.InvalidCiphertext", "The ciphertext format is incorrect.")
+	}
+}
