@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/url"
 	"sort"
+	"strings"
 	"sync"
 )
 
@@ -140,10 +141,14 @@ func Open(ctx context.Context, uri string, opts Options) (Keyring, error) {
 
 // Resolver opens keyrings on first use and keeps them for later calls. It
 // is safe for concurrent use.
+//
+// Every keyring it opens is metered (see Stats), and, when a Cache is set,
+// keyrings that call a remote service answer repeated unwraps from it.
 type Resolver struct {
-	opts Options
-	mu   sync.Mutex
-	open map[string]*resolved
+	opts  Options
+	cache *Cache
+	mu    sync.Mutex
+	open  map[string]*resolved
 }
 
 type resolved struct {
@@ -168,7 +173,12 @@ func (r *Resolver) Get(ctx context.Context, uri string) (Keyring, error) {
 		r.open[uri] = e
 	}
 	r.mu.Unlock()
-	e.once.Do(func() { e.kr, e.err = Open(ctx, uri, r.opts) })
+	e.once.Do(func() {
+		e.kr, e.err = Open(ctx, uri, r.opts)
+		if e.err == nil {
+			e.kr = r.decorate(e.kr)
+		}
+	})
 	if e.err != nil && !IsPermanent(e.err) {
 		r.mu.Lock()
 		if r.open[uri] == e {
@@ -177,6 +187,55 @@ func (r *Resolver) Get(ctx context.Context, uri string) (Keyring, error) {
 		r.mu.Unlock()
 	}
 	return e.kr, e.err
+}
+
+// SetCache makes keyrings opened from now on cache unwrapped keys in c.
+// Local keyrings are not cached: unwrapping locally is cheaper than
+// opening a sealed cache entry.
+func (r *Resolver) SetCache(c *Cache) {
+	r.mu.Lock()
+	r.cache = c
+	r.mu.Unlock()
+}
+
+// Cache returns the resolver's cache (nil if none).
+func (r *Resolver) Cache() *Cache {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cache
+}
+
+func (r *Resolver) decorate(kr Keyring) Keyring {
+	m := &meteredKeyring{Keyring: kr}
+	r.mu.Lock()
+	c := r.cache
+	r.mu.Unlock()
+	if c.enabled() && !strings.HasPrefix(kr.URI(), "local:") {
+		return &cachingKeyring{Keyring: m, c: c}
+	}
+	return m
+}
+
+// Stats returns the call counters of every keyring opened so far, sorted
+// by URI.
+func (r *Resolver) Stats() []KeyStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []KeyStats
+	for _, e := range r.open {
+		var m *meteredKeyring
+		switch k := e.kr.(type) {
+		case *meteredKeyring:
+			m = k
+		case *cachingKeyring:
+			m, _ = k.Keyring.(*meteredKeyring)
+		}
+		if m != nil {
+			out = append(out, m.stats())
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].URI < out[j].URI })
+	return out
 }
 
 // Add registers an already opened keyring with the resolver.
