@@ -403,6 +403,10 @@ func (n *Node) release(fd int) {
 	defer n.mu.Unlock()
 	n.opens--
 	if n.opens == 0 {
+		if k := n.keys; k != nil && k.slot.URI != "" {
+			// The cached data key lives on for its TTL from now.
+			n.vol.res.Cache().Touch(n.vol.aliasOf(k.slot.URI), k.slot.Wrapped, k.slot.Context)
+		}
 		n.keys.destroy()
 		n.keys = nil
 	}

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/header"
@@ -56,6 +57,22 @@ type Config struct {
 	VolumeID  string   `json:"volume_id"`
 	BlockSize int      `json:"block_size"`
 	Keys      []string `json:"keys"`
+	// ReuseFiles is how many new files one data key may serve (absent
+	// or 1: every file gets its own data key).
+	ReuseFiles int `json:"data_key_reuse_files,omitempty"`
+	// ReuseSeconds is how long one data key may serve new files.
+	ReuseSeconds int `json:"data_key_reuse_seconds,omitempty"`
+}
+
+// InitOptions are the choices fixed when a volume is created.
+type InitOptions struct {
+	// Keys are the key URIs every data key is wrapped under (at least one).
+	Keys []string
+	// BlockSize is the plaintext block size (DefaultBlockSize if 0).
+	BlockSize int
+	// ReuseFiles and ReuseSeconds bound how many new files, and for how
+	// long, one data key serves; 1 file means one data key per file.
+	ReuseFiles, ReuseSeconds int
 }
 
 // Volume is an opened kmsfs volume: its configuration and the keyrings new
@@ -72,10 +89,13 @@ type Volume struct {
 	Log *log.Logger
 
 	res   *keyring.Resolver
+	keys  *keySource
 	extra []string // key URIs tried for slots of the same scheme
 	// alias maps a key URI that failed to the extra key that opened its
 	// slot instead; new files are wrapped with the extra key but keep the
 	// configured URI in their slots.
+	cfgMu   sync.RWMutex // guards Config and keys against Reload
+	warned  sync.Map     // messages logged once
 	aliasMu sync.Mutex
 	alias   map[string]string
 	encCtx  []byte
@@ -128,7 +148,14 @@ func layoutFor(bs int) blockcipher.Layout {
 
 // Init creates a new volume in dir, which must exist and be empty, with
 // new files wrapped under every key in keyURIs (at least one).
-func Init(ctx context.Context, dir string, keyURIs []string, blockSize int, res *keyring.Resolver) (*Config, error) {
+func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver) (*Config, error) {
+	keyURIs, blockSize := o.Keys, o.BlockSize
+	if blockSize == 0 {
+		blockSize = DefaultBlockSize
+	}
+	if o.ReuseFiles < 1 || o.ReuseSeconds < 1 {
+		return nil, errors.New("init: data key reuse needs at least 1 file and 1 second")
+	}
 	if len(keyURIs) == 0 {
 		return nil, errors.New("init: no key given")
 	}
@@ -157,26 +184,10 @@ func Init(ctx context.Context, dir string, keyURIs []string, blockSize int, res 
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	cfg := Config{Format: "kmsfs", Version: 1, VolumeID: hex.EncodeToString(id[:]), BlockSize: blockSize, Keys: keyURIs}
+	cfg := Config{Format: "kmsfs", Version: 1, VolumeID: hex.EncodeToString(id[:]), BlockSize: blockSize, Keys: keyURIs,
+		ReuseFiles: o.ReuseFiles, ReuseSeconds: o.ReuseSeconds}
 	v := &Volume{Dir: dir, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0)}
-	plain, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	hdr, fk, err := v.newFileKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("init: %w", err)
-	}
-	defer fk.destroy()
-	data := append(hdr, fk.cipher.SealBlocks(nil, plain, 0)...)
-	tmp := filepath.Join(dir, ConfigName+".tmp")
-	if err := writeFileSync(tmp, data, 0o600); err != nil {
-		return nil, fmt.Errorf("init: writing configuration: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, ConfigName)); err != nil {
-		return nil, fmt.Errorf("init: %w", err)
-	}
-	if err := syncDir(dir); err != nil {
+	if err := v.writeConfig(ctx, &cfg); err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
 	return &cfg, nil
@@ -228,10 +239,27 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("open volume %s: not a directory", abs)
 	}
-	cpath := filepath.Join(abs, ConfigName)
+	v := &Volume{Dir: abs, res: res, Log: logger, extra: o.ExtraKeys}
+	cfg, err := v.readConfig(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v.setConfig(cfg)
+	for _, u := range cfg.Keys {
+		if _, err := res.Get(ctx, v.aliasOf(u)); err != nil {
+			logger.Printf("kmsfs: key %s is not usable: %v", u, err)
+		}
+	}
+	return v, nil
+}
+
+// readConfig reads and authenticates the volume configuration. On the
+// first call it also sets the volume's geometry from it.
+func (v *Volume) readConfig(ctx context.Context) (*Config, error) {
+	cpath := filepath.Join(v.Dir, ConfigName)
 	f, err := os.Open(cpath)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%s: %w", abs, ErrNotVolume)
+		return nil, fmt.Errorf("%s: %w", v.Dir, ErrNotVolume)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open volume: %w", err)
@@ -248,8 +276,10 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", cpath, ErrBadConfig, err)
 	}
-	v := &Volume{Dir: abs, res: res, Log: logger, shift: h.Preamble.BlockShift, extra: o.ExtraKeys}
-	v.Layout = layoutFor(h.Preamble.BlockSize())
+	if v.Layout.BlockSize == 0 {
+		v.shift = h.Preamble.BlockShift
+		v.Layout = layoutFor(h.Preamble.BlockSize())
+	}
 	fk, err := v.unlock(ctx, h, cpath)
 	if err != nil {
 		return nil, err
@@ -262,28 +292,77 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 	if len(plain) > maxConfigSize {
 		return nil, fmt.Errorf("%s: %w: too large", cpath, ErrBadConfig)
 	}
-	dec := json.NewDecoder(bytes.NewReader(plain))
-	if err := dec.Decode(&v.Config); err != nil {
+	var c Config
+	if err := json.NewDecoder(bytes.NewReader(plain)).Decode(&c); err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", cpath, ErrBadConfig, err)
 	}
-	c := v.Config
 	switch {
 	case c.Format != "kmsfs" || c.Version != 1:
 		return nil, fmt.Errorf("%s: %w: format %q version %d is not supported by this kmsfs", cpath, ErrBadConfig, c.Format, c.Version)
 	case c.VolumeID != fk.volume:
 		return nil, fmt.Errorf("%s: %w: volume ID %s does not match its key slots (%s)", cpath, ErrBadConfig, c.VolumeID, fk.volume)
-	case c.BlockSize != h.Preamble.BlockSize():
+	case v.volumeID() != "" && c.VolumeID != v.volumeID():
+		return nil, fmt.Errorf("%s: %w: volume ID changed from %s to %s", cpath, ErrBadConfig, v.volumeID(), c.VolumeID)
+	case c.BlockSize != h.Preamble.BlockSize() || c.BlockSize != v.Layout.BlockSize:
 		return nil, fmt.Errorf("%s: %w: block size %d does not match its header (%d)", cpath, ErrBadConfig, c.BlockSize, h.Preamble.BlockSize())
 	case len(c.Keys) == 0:
 		return nil, fmt.Errorf("%s: %w: no keys", cpath, ErrBadConfig)
 	}
-	v.encCtx = EncryptionContext(c.VolumeID)
-	for _, u := range c.Keys {
-		if _, err := res.Get(ctx, v.aliasOf(u)); err != nil {
-			logger.Printf("kmsfs: key %s is not usable: %v", u, err)
-		}
+	return &c, nil
+}
+
+// setConfig makes cfg the volume's configuration; new files are keyed by
+// its key list and reuse policy from now on.
+func (v *Volume) setConfig(cfg *Config) {
+	v.cfgMu.Lock()
+	v.Config = *cfg
+	v.encCtx = EncryptionContext(cfg.VolumeID)
+	old := v.keys
+	reuse, age := max(cfg.ReuseFiles, 1), max(cfg.ReuseSeconds, 1)
+	v.keys = newKeySource(v, cfg.Keys, reuse, time.Duration(age)*time.Second)
+	v.cfgMu.Unlock()
+	if old != nil {
+		old.close()
 	}
-	return v, nil
+}
+
+// Reload reads the configuration again (after "kmsfs rewrap" changed the
+// key list of a mounted volume).
+func (v *Volume) Reload(ctx context.Context) error {
+	cfg, err := v.readConfig(ctx)
+	if err != nil {
+		return err
+	}
+	v.setConfig(cfg)
+	v.Log.Printf("kmsfs: configuration reloaded: keys %v", cfg.Keys)
+	return nil
+}
+
+// writeConfig replaces the configuration file with cfg, atomically: a new
+// file with a new data key wrapped under cfg.Keys, synced, renamed over
+// the old one, and the directory synced.
+func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
+	plain, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	ks := newKeySource(v, cfg.Keys, 1, time.Second)
+	defer ks.close()
+	hdr, fk, err := ks.fileKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("writing configuration: %w", err)
+	}
+	defer fk.destroy()
+	data := append(hdr, fk.cipher.SealBlocks(nil, plain, 0)...)
+	tmp := filepath.Join(v.Dir, ConfigName+".tmp")
+	os.Remove(tmp)
+	if err := writeFileSync(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("writing configuration: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(v.Dir, ConfigName)); err != nil {
+		return fmt.Errorf("writing configuration: %w", err)
+	}
+	return syncDir(v.Dir)
 }
 
 // fileKeys is what an opened header yields: the content cipher, with its
@@ -295,6 +374,7 @@ type fileKeys struct {
 	volume   string
 	hdr      *header.Header
 	accepted int
+	slot     header.Slot // the slot that opened the file
 }
 
 func (fk *fileKeys) destroy() {
@@ -323,52 +403,82 @@ func newFileKeysFrom(dk *keyring.Key, fileID [16]byte, l blockcipher.Layout) (*f
 	return &fileKeys{fileID: fileID, ck: ck, cipher: c}, nil
 }
 
-// newFileKeys makes a fresh data key wrapped under every key of the
-// volume and returns the new file header and the file's keys.
+// newFileKeys returns a new file's header and keys.
 func (v *Volume) newFileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
-	var slots []header.Slot
-	var dk *keyring.Key
-	defer func() { dk.Destroy() }()
-	for i, u := range v.Config.Keys {
-		kr, err := v.res.Get(ctx, v.aliasOf(u))
-		if err != nil {
-			return nil, nil, fmt.Errorf("new file key: %w", err)
-		}
-		var wrapped []byte
-		if i == 0 {
-			dk, wrapped, err = kr.GenerateDataKey(ctx, v.encCtx)
-		} else {
-			w, ok := kr.(keyring.Wrapper)
-			if !ok {
-				return nil, nil, fmt.Errorf("new file key: key %s cannot wrap an existing data key", u)
-			}
-			wrapped, err = w.Wrap(ctx, dk, v.encCtx)
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("new file key: %w", err)
-		}
-		slots = append(slots, header.Slot{URI: u, Context: v.encCtx, Wrapped: wrapped})
+	v.cfgMu.RLock()
+	ks := v.keys
+	v.cfgMu.RUnlock()
+	return ks.fileKeys(ctx)
+}
+
+// Close wipes the keys the volume holds for new files and the cache.
+func (v *Volume) Close() {
+	v.cfgMu.RLock()
+	ks := v.keys
+	v.cfgMu.RUnlock()
+	if ks != nil {
+		ks.close()
 	}
-	var id [16]byte
-	if _, err := rand.Read(id[:]); err != nil {
-		return nil, nil, err
+	v.res.Cache().Purge()
+}
+
+// Resolver returns the volume's keyring resolver.
+func (v *Volume) Resolver() *keyring.Resolver { return v.res }
+
+// Stats are a volume's counters, for "kmsfs stats".
+type Stats struct {
+	Volume   string             `json:"volume"`
+	Dir      string             `json:"cipher_dir"`
+	NewKeys  KeySourceStats     `json:"new_file_keys"`
+	Cache    keyring.CacheStats `json:"key_cache"`
+	Keys     []keyring.KeyStats `json:"kms"`
+	OpenKeys int                `json:"keys_in_locked_memory"`
+	Locked   int64              `json:"locked_bytes"`
+}
+
+// Stats returns the volume's counters.
+func (v *Volume) Stats() Stats {
+	v.cfgMu.RLock()
+	ks, id := v.keys, v.Config.VolumeID
+	v.cfgMu.RUnlock()
+	n, locked := keyring.KeysInUse()
+	return Stats{
+		Volume: id, Dir: v.Dir, NewKeys: ks.stats(), Cache: v.res.Cache().Stats(),
+		Keys: v.res.Stats(), OpenKeys: n, Locked: locked,
 	}
-	hdr, err := header.New(v.shift, id, slots, dk.Bytes())
-	if err != nil {
-		return nil, nil, fmt.Errorf("new file header: %w", err)
-	}
-	fk, err := newFileKeysFrom(dk, id, v.Layout)
-	if err != nil {
-		return nil, nil, err
-	}
-	fk.volume = v.Config.VolumeID
-	return hdr, fk, nil
 }
 
 // unlock finds a key slot of h that opens and authenticates it. name is
 // used in errors and log lines. Slots of local keys are tried first
 // (cheap); a slot that fails is logged and the next is tried.
 func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fileKeys, error) {
+	u, err := v.unlockDK(ctx, h, name)
+	if err != nil {
+		return nil, err
+	}
+	defer u.dk.Destroy()
+	fk, err := newFileKeysFrom(u.dk, h.Preamble.FileID, v.Layout)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	fk.volume = u.volume
+	fk.hdr = h
+	fk.accepted = u.accepted
+	fk.slot = u.slot
+	return fk, nil
+}
+
+// unlocked is an authenticated header copy and its data key.
+type unlocked struct {
+	dk       *keyring.Key
+	accepted int         // index of the valid copy
+	slot     header.Slot // the slot that opened it
+	volume   string
+}
+
+// unlockDK finds a key slot of h that opens and authenticates it and
+// returns the data key; the caller destroys it.
+func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string) (*unlocked, error) {
 	if h.Preamble.BlockSize() != v.Layout.BlockSize {
 		return nil, fmt.Errorf("%s: %w: block size %d, volume uses %d", name, ErrCorrupt, h.Preamble.BlockSize(), v.Layout.BlockSize)
 	}
@@ -400,9 +510,9 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 				hdrErrs = append(hdrErrs, err)
 				continue
 			}
-			if v.Config.VolumeID != "" && vol != v.Config.VolumeID {
+			if want := v.volumeID(); want != "" && vol != want {
 				failed[id] = true
-				hdrErrs = append(hdrErrs, fmt.Errorf("key slot %s belongs to volume %s, not this volume %s", s.URI, vol, v.Config.VolumeID))
+				hdrErrs = append(hdrErrs, fmt.Errorf("key slot %s belongs to volume %s, not this volume %s", s.URI, vol, want))
 				continue
 			}
 			dk := unwrapped[id]
@@ -425,20 +535,15 @@ func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fi
 				hdrErrs = append(hdrErrs, fmt.Errorf("header copy %d: %w", ci, err))
 				break // the other slots of this copy hold the same key
 			}
-			fk, err := newFileKeysFrom(dk, h.Preamble.FileID, v.Layout)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
-			}
-			fk.volume = vol
-			fk.hdr = h
-			fk.accepted = ci
+			delete(unwrapped, id) // handed to the caller
+			u := &unlocked{dk: dk, accepted: ci, slot: s, volume: vol}
 			for _, e := range keyErrs {
-				v.Log.Printf("kmsfs: %s: a key slot failed (another worked): %v", name, e)
+				v.warnOnce(e, "kmsfs: %s: a key slot failed (another worked; further failures of this kind are not logged): %v", name, e)
 			}
 			for _, e := range hdrErrs {
 				v.Log.Printf("kmsfs: %s: damaged header copy (the other copy is good): %v", name, e)
 			}
-			return fk, nil
+			return u, nil
 		}
 	}
 	if len(hdrErrs) == 0 && len(keyErrs) > 0 {
@@ -535,4 +640,25 @@ func orderSlots(s []header.Slot) []header.Slot {
 		}
 	}
 	return out
+}
+
+func (v *Volume) volumeID() string {
+	v.cfgMu.RLock()
+	defer v.cfgMu.RUnlock()
+	return v.Config.VolumeID
+}
+
+// Keys returns the key URIs new files are wrapped under.
+func (v *Volume) Keys() []string {
+	v.cfgMu.RLock()
+	defer v.cfgMu.RUnlock()
+	return append([]string(nil), v.Config.Keys...)
+}
+
+// warnOnce logs a failure the first time its message is seen: a key that
+// is gone fails for every file it wraps, and one line says it.
+func (v *Volume) warnOnce(err error, format string, a ...any) {
+	if _, dup := v.warned.LoadOrStore(err.Error(), true); !dup {
+		v.Log.Printf(format, a...)
+	}
 }

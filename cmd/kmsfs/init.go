@@ -12,7 +12,7 @@ import (
 	"github.com/kmsfs/kmsfs/keyring"
 )
 
-const initHelp = `Usage: kmsfs init [--key URI]... [--block-size N] [--passphrase-file F] CIPHERDIR
+const initHelp = `Usage: kmsfs init [--key URI]... [--block-size N] [--reuse-files N] [--reuse-seconds S] [--one-key-per-file] [--passphrase-file F] CIPHERDIR
 
 Makes the empty directory CIPHERDIR a kmsfs volume. Every file written
 through its mount gets a data key wrapped under each --key (any one of them
@@ -23,6 +23,12 @@ Options:
                               local://$HOME/.config/kmsfs/local.key
     -b, --block-size N        plaintext block size, a power of two from 4096
                               to 1048576 (default 4096)
+        --reuse-files N       one data key (one KMS call) serves up to N new
+                              files (default 1024); each file still gets its
+                              own content key
+        --reuse-seconds S     ... and for at most S seconds (default 300)
+        --one-key-per-file    a data key of its own for every file (same as
+                              --reuse-files 1)
     -p, --passphrase-file F   protect a newly created local key file with the
                               passphrase in F (first line); use "-" to be
                               asked on the terminal
@@ -35,6 +41,9 @@ func runInit(args []string) int {
 	fl.Var(&keys, "k", "")
 	bs := fl.Int("block-size", fs.DefaultBlockSize, "")
 	fl.IntVar(bs, "b", fs.DefaultBlockSize, "")
+	reuseFiles := fl.Int("reuse-files", fs.DefaultReuseFiles, "")
+	reuseSecs := fl.Int("reuse-seconds", fs.DefaultReuseSeconds, "")
+	strict := fl.Bool("one-key-per-file", false, "")
 	pf := fl.String("passphrase-file", "", "")
 	fl.StringVar(pf, "p", "", "")
 	pos, code, ok := parseFlags(fl, args, initHelp)
@@ -60,11 +69,14 @@ func runInit(args []string) int {
 		opts.Passphrase = passphraseSource(*pf)
 	}
 	res := keyring.NewResolver(opts)
-	cfg, err := fs.Init(context.Background(), dir, keys, *bs, res)
+	if *strict {
+		*reuseFiles = 1
+	}
+	cfg, err := fs.Init(context.Background(), dir, fs.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs}, res)
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
-	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d)\n", dir, cfg.VolumeID, cfg.BlockSize)
+	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d, a data key serves up to %d files for %d s)\n", dir, cfg.VolumeID, cfg.BlockSize, cfg.ReuseFiles, cfg.ReuseSeconds)
 	for _, k := range cfg.Keys {
 		fmt.Printf("kmsfs: file keys wrapped under %s\n", k)
 	}

@@ -40,6 +40,8 @@ func init() {
 	commands["umount"] = runUmount
 	commands["unmount"] = runUmount
 	commands["version"] = runVersion
+	commands["stats"] = runStats
+	commands["rewrap"] = runRewrap
 }
 
 const usage = `kmsfs: an encrypted directory whose file keys are held by a KMS
@@ -48,6 +50,9 @@ Usage:
     kmsfs init [--key URI]... [--block-size N] [--passphrase-file F] CIPHERDIR
     kmsfs mount [-f] [--ro] [--allow-other] [--log-file F] [--key URI]... CIPHERDIR MOUNTPOINT
     kmsfs umount MOUNTPOINT
+    kmsfs stats MOUNTPOINT
+    kmsfs rewrap [--add URI]... [--remove URI]... CIPHERDIR
+    kmsfs kms-emulator [options]
     kmsfs version
     kmsfs COMMAND --help
 

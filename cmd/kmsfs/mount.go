@@ -41,8 +41,21 @@ Options:
     -k, --key URI             also try this key for key slots of the same kind
                               (repeatable), e.g. a local key file that moved
     -p, --passphrase-file F   passphrase of a protected local key file
+        --key-cache-ttl D     keep unwrapped data keys (sealed, in memory) for
+                              D after their last use, e.g. 5m (default), 0 to
+                              ask the key service on every open
+        --key-cache-size N    keep at most N cached data keys (default 10000)
         --debug               log every FUSE request
 `
+
+// Key cache defaults: five minutes keeps a working set of files (a build,
+// a backup run, an editing session) from calling the key service on every
+// open, while a key revoked in the KMS stops working within minutes; 10,000
+// sealed entries cost about 2 MiB of ordinary memory.
+const (
+	defaultCacheTTL  = 5 * time.Minute
+	defaultCacheSize = 10000
+)
 
 // Environment of the re-executed background server: the descriptor it
 // reports readiness on and the one it reads a passphrase from.
@@ -62,6 +75,8 @@ func runMount(args []string) int {
 	pf := fl.String("passphrase-file", "", "")
 	fl.StringVar(pf, "p", "", "")
 	dbg := fl.Bool("debug", false, "")
+	cacheTTL := fl.Duration("key-cache-ttl", defaultCacheTTL, "")
+	cacheSize := fl.Int("key-cache-size", defaultCacheSize, "")
 	var extra stringList
 	fl.Var(&extra, "key", "")
 	fl.Var(&extra, "k", "")
@@ -123,15 +138,28 @@ func runMount(args []string) int {
 		opts.Passphrase = passphraseFromFD(fdStr)
 	}
 	res := keyring.NewResolver(opts)
+	cache := keyring.NewCache(*cacheTTL, *cacheSize)
+	res.SetCache(cache)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	vol, err := fs.Open(ctx, cipherDir, res, fs.OpenOptions{Log: logger, ExtraKeys: extra})
 	cancel()
 	if err != nil {
 		return ready(exitCode(err), err.Error())
 	}
+	defer vol.Close()
+	go func() {
+		for range time.Tick(time.Second) {
+			cache.Expire()
+		}
+	}()
 	srv, err := fs.Mount(vol, mnt, fs.MountOptions{ReadOnly: *ro, AllowOther: *allowOther, Debug: *dbg})
 	if err != nil {
 		return ready(exitMount, err.Error())
+	}
+	if ctl, err := fs.ServeControl(vol, mnt); err != nil {
+		logger.Printf("kmsfs: %v (kmsfs stats and rewrap reloads will not reach this mount)", err)
+	} else {
+		defer ctl.Close()
 	}
 	logger.Printf("kmsfs: serving %s at %s (volume %s)", cipherDir, mnt, vol.Config.VolumeID)
 	ready(0, "")

@@ -1,0 +1,235 @@
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kmsfs/kmsfs/header"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// Defaults of the data key reuse policy of new volumes (see
+// docs/SECURITY.md for the trade-off).
+const (
+	// DefaultReuseFiles is how many new files one data key serves.
+	DefaultReuseFiles = 1024
+	// DefaultReuseSeconds is how long one data key serves new files.
+	DefaultReuseSeconds = 300
+	// prefetchDepth is how many data keys are fetched ahead.
+	prefetchDepth = 2
+	// prefetchStrictDepth is the depth when every file has its own key.
+	prefetchStrictDepth = 4
+)
+
+// sharedKey is a data key with its key slots, serving new files until
+// its policy runs out.
+type sharedKey struct {
+	dk    *keyring.Key
+	slots []header.Slot
+	uses  int
+	since time.Time
+}
+
+func (s *sharedKey) destroy() {
+	if s != nil {
+		s.dk.Destroy()
+	}
+}
+
+// keySource hands out data keys for new files: one key serves up to
+// files new files or for up to age, and keys are generated ahead in the
+// background so creating a file does not wait for the key service.
+type keySource struct {
+	v      *Volume
+	uris   []string
+	volID  string
+	encCtx []byte
+	files  int
+	age    time.Duration
+
+	mu     sync.Mutex
+	cur    *sharedKey
+	ready  chan *sharedKey
+	filing atomic.Int32 // prefetchers running
+	closed bool
+
+	generated atomic.Int64 // data keys made
+	handedOut atomic.Int64 // new files given a key
+	waited    atomic.Int64 // times a new file waited for the key service
+	lastErr   atomic.Value // string
+}
+
+func newKeySource(v *Volume, uris []string, files int, age time.Duration) *keySource {
+	depth := prefetchDepth
+	if files <= 1 {
+		depth = prefetchStrictDepth
+	}
+	return &keySource{v: v, uris: uris, volID: v.Config.VolumeID, encCtx: EncryptionContext(v.Config.VolumeID),
+		files: max(files, 1), age: age, ready: make(chan *sharedKey, depth)}
+}
+
+// generate makes a data key wrapped under every key of the volume.
+func (ks *keySource) generate(ctx context.Context) (*sharedKey, error) {
+	v := ks.v
+	var slots []header.Slot
+	var dk *keyring.Key
+	fail := func(err error) (*sharedKey, error) {
+		dk.Destroy()
+		return nil, fmt.Errorf("new data key: %w", err)
+	}
+	for i, u := range ks.uris {
+		kr, err := v.res.Get(ctx, v.aliasOf(u))
+		if err != nil {
+			return fail(err)
+		}
+		var wrapped []byte
+		if i == 0 {
+			dk, wrapped, err = kr.GenerateDataKey(ctx, ks.encCtx)
+		} else {
+			w, ok := kr.(keyring.Wrapper)
+			if !ok {
+				return fail(fmt.Errorf("key %s cannot wrap an existing data key", u))
+			}
+			wrapped, err = w.Wrap(ctx, dk, ks.encCtx)
+		}
+		if err != nil {
+			return fail(err)
+		}
+		slots = append(slots, header.Slot{URI: u, Context: ks.encCtx, Wrapped: wrapped})
+	}
+	ks.generated.Add(1)
+	return &sharedKey{dk: dk, slots: slots}, nil
+}
+
+// prefetch fills the ready queue in the background, with at most the
+// queue's capacity of key service calls at once.
+func (ks *keySource) prefetch() {
+	for ks.filing.Load() < int32(cap(ks.ready)) {
+		n := ks.filing.Add(1)
+		if n > int32(cap(ks.ready)) {
+			ks.filing.Add(-1)
+			return
+		}
+		go func() {
+			defer ks.filing.Add(-1)
+			for len(ks.ready) < cap(ks.ready) {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				k, err := ks.generate(ctx)
+				cancel()
+				if err != nil {
+					ks.lastErr.Store(err.Error())
+					ks.v.Log.Printf("kmsfs: fetching a data key ahead: %v", err)
+					return
+				}
+				ks.mu.Lock()
+				if ks.closed {
+					ks.mu.Unlock()
+					k.destroy()
+					return
+				}
+				select {
+				case ks.ready <- k:
+					ks.mu.Unlock()
+				default:
+					ks.mu.Unlock()
+					k.destroy()
+					return
+				}
+			}
+		}()
+	}
+}
+
+// fileKeys returns a new file's header and keys, under a shared data key.
+func (ks *keySource) fileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.closed {
+		return nil, nil, fmt.Errorf("volume is closing")
+	}
+	now := time.Now()
+	if ks.cur == nil || ks.cur.uses >= ks.files || now.Sub(ks.cur.since) >= ks.age {
+		ks.cur.destroy()
+		ks.cur = nil
+		var k *sharedKey
+		select {
+		case k = <-ks.ready:
+		default:
+			ks.waited.Add(1)
+			var err error
+			if k, err = ks.generate(ctx); err != nil {
+				return nil, nil, err
+			}
+		}
+		k.since = now
+		ks.cur = k
+		ks.prefetch()
+	}
+	ks.cur.uses++
+	ks.handedOut.Add(1)
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, nil, err
+	}
+	hdr, err := header.New(ks.v.shift, id, ks.cur.slots, ks.cur.dk.Bytes())
+	if err != nil {
+		return nil, nil, fmt.Errorf("new file header: %w", err)
+	}
+	fk, err := newFileKeysFrom(ks.cur.dk, id, ks.v.Layout)
+	if err != nil {
+		return nil, nil, err
+	}
+	fk.volume = ks.volID
+	if ks.files <= 1 {
+		// One key per file: nothing to keep it for.
+		ks.cur.destroy()
+		ks.cur = nil
+	}
+	return hdr, fk, nil
+}
+
+// reset drops the current and prefetched keys (the key list changed).
+func (ks *keySource) reset() {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ks.cur.destroy()
+	ks.cur = nil
+	for {
+		select {
+		case k := <-ks.ready:
+			k.destroy()
+		default:
+			return
+		}
+	}
+}
+
+// close wipes every key the source holds.
+func (ks *keySource) close() {
+	ks.reset()
+	ks.mu.Lock()
+	ks.closed = true
+	ks.mu.Unlock()
+}
+
+// KeySourceStats are counters of the data keys made for new files.
+type KeySourceStats struct {
+	DataKeysGenerated int64  `json:"data_keys_generated"`
+	FilesKeyed        int64  `json:"files_keyed"`
+	CreatesWaited     int64  `json:"creates_waited_for_kms"`
+	ReuseFiles        int    `json:"reuse_files"`
+	ReuseSeconds      int    `json:"reuse_seconds"`
+	LastError         string `json:"last_prefetch_error,omitempty"`
+}
+
+func (ks *keySource) stats() KeySourceStats {
+	s, _ := ks.lastErr.Load().(string)
+	return KeySourceStats{
+		DataKeysGenerated: ks.generated.Load(), FilesKeyed: ks.handedOut.Load(), CreatesWaited: ks.waited.Load(),
+		ReuseFiles: ks.files, ReuseSeconds: int(ks.age / time.Second), LastError: s,
+	}
+}
