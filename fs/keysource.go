@@ -57,19 +57,29 @@ type keySource struct {
 	filing atomic.Int32 // prefetchers running
 	closed bool
 
+	// Prefetchers run under ctx; close cancels it and waits for them.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
 	generated atomic.Int64 // data keys made
 	handedOut atomic.Int64 // new files given a key
 	waited    atomic.Int64 // times a new file waited for the key service
 	lastErr   atomic.Value // string
 }
 
-func newKeySource(v *Volume, uris []string, files int, age time.Duration) *keySource {
-	depth := prefetchDepth
-	if files <= 1 {
-		depth = prefetchStrictDepth
+// newKeySource returns a source of data keys for new files under uris;
+// depth is how many keys to fetch ahead (-1: the default for the policy).
+func newKeySource(v *Volume, uris []string, files int, age time.Duration, depth int) *keySource {
+	if depth < 0 {
+		depth = prefetchDepth
+		if files <= 1 {
+			depth = prefetchStrictDepth
+		}
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	return &keySource{v: v, uris: uris, volID: v.Config.VolumeID, encCtx: EncryptionContext(v.Config.VolumeID),
-		files: max(files, 1), age: age, ready: make(chan *sharedKey, depth)}
+		files: max(files, 1), age: age, ready: make(chan *sharedKey, depth), ctx: ctx, cancel: cancel}
 }
 
 // generate makes a data key wrapped under every key of the volume.
@@ -106,23 +116,30 @@ func (ks *keySource) generate(ctx context.Context) (*sharedKey, error) {
 }
 
 // prefetch fills the ready queue in the background, with at most the
-// queue's capacity of key service calls at once.
+// queue's capacity of key service calls at once. ks.mu is held.
 func (ks *keySource) prefetch() {
+	if ks.closed || cap(ks.ready) == 0 {
+		return
+	}
 	for ks.filing.Load() < int32(cap(ks.ready)) {
 		n := ks.filing.Add(1)
 		if n > int32(cap(ks.ready)) {
 			ks.filing.Add(-1)
 			return
 		}
+		ks.wg.Add(1)
 		go func() {
+			defer ks.wg.Done()
 			defer ks.filing.Add(-1)
 			for len(ks.ready) < cap(ks.ready) {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				ctx, cancel := context.WithTimeout(ks.ctx, time.Minute)
 				k, err := ks.generate(ctx)
 				cancel()
 				if err != nil {
-					ks.lastErr.Store(err.Error())
-					ks.v.Log.Printf("kmsfs: fetching a data key ahead: %v", err)
+					if ks.ctx.Err() == nil {
+						ks.lastErr.Store(err.Error())
+						ks.v.Log.Printf("kmsfs: fetching a data key ahead: %v", err)
+					}
 					return
 				}
 				ks.mu.Lock()
@@ -208,12 +225,14 @@ func (ks *keySource) reset() {
 	}
 }
 
-// close wipes every key the source holds.
+// close stops prefetching and wipes every key the source holds.
 func (ks *keySource) close() {
-	ks.reset()
 	ks.mu.Lock()
 	ks.closed = true
 	ks.mu.Unlock()
+	ks.cancel()
+	ks.wg.Wait()
+	ks.reset()
 }
 
 // KeySourceStats are counters of the data keys made for new files.

@@ -319,7 +319,7 @@ func (v *Volume) setConfig(cfg *Config) {
 	v.encCtx = EncryptionContext(cfg.VolumeID)
 	old := v.keys
 	reuse, age := max(cfg.ReuseFiles, 1), max(cfg.ReuseSeconds, 1)
-	v.keys = newKeySource(v, cfg.Keys, reuse, time.Duration(age)*time.Second)
+	v.keys = newKeySource(v, cfg.Keys, reuse, time.Duration(age)*time.Second, -1)
 	v.cfgMu.Unlock()
 	if old != nil {
 		old.close()
@@ -346,7 +346,7 @@ func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	ks := newKeySource(v, cfg.Keys, 1, time.Second)
+	ks := newKeySource(v, cfg.Keys, 1, time.Second, 0)
 	defer ks.close()
 	hdr, fk, err := ks.fileKeys(ctx)
 	if err != nil {

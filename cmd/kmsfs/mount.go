@@ -176,7 +176,8 @@ func runMount(args []string) int {
 	}()
 	srv.Wait()
 	logger.Printf("kmsfs: %s unmounted", mnt)
-	memguard.Purge()
+	// The deferred vol.Close wipes the volume's keys; run() then purges
+	// memguard.
 	return exitOK
 }
 
