@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -46,6 +47,8 @@ Options:
                               ask the key service on every open
         --key-cache-size N    keep at most N cached data keys (default 10000)
         --debug               log every FUSE request
+        --cpuprofile F        write a CPU profile of the server to F (for
+                              performance work)
 `
 
 // Key cache defaults: five minutes keeps a working set of files (a build,
@@ -75,6 +78,7 @@ func runMount(args []string) int {
 	pf := fl.String("passphrase-file", "", "")
 	fl.StringVar(pf, "p", "", "")
 	dbg := fl.Bool("debug", false, "")
+	cpuProfile := fl.String("cpuprofile", "", "")
 	cacheTTL := fl.Duration("key-cache-ttl", defaultCacheTTL, "")
 	cacheSize := fl.Int("key-cache-size", defaultCacheSize, "")
 	var extra stringList
@@ -164,6 +168,12 @@ func runMount(args []string) int {
 	logger.Printf("kmsfs: serving %s at %s (volume %s)", cipherDir, mnt, vol.Config.VolumeID)
 	ready(0, "")
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
