@@ -351,7 +351,9 @@ func (n *Node) ensureHeaderLocked(ctx context.Context, fd int) error {
 		}
 		return nil
 	}
-	hdr, fk, err := n.vol.newFileKeys(ctx)
+	kctx, cancel := keyContext(ctx)
+	defer cancel()
+	hdr, fk, err := n.vol.newFileKeys(kctx)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -412,8 +413,22 @@ func (n *Node) release(fd int) {
 	}
 }
 
+// keyTimeout bounds the key service calls of one file operation.
+const keyTimeout = 2 * time.Minute
+
+// keyContext detaches key service calls from the FUSE request: the kernel
+// interrupts a request whenever the calling thread gets a signal (Go
+// programs get SIGURG for preemption all the time), and an unwrap cut off
+// that way would fail the open with EIO. The call runs to completion or to
+// its own timeout instead.
+func keyContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), keyTimeout)
+}
+
 // loadKeysLocked reads and unlocks the header, if the file has one.
 func (n *Node) loadKeysLocked(ctx context.Context, fd int) error {
+	ctx, cancel := keyContext(ctx)
+	defer cancel()
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return err

@@ -156,6 +156,11 @@ func runMount(args []string) int {
 			cache.Expire()
 		}
 	}()
+	// Catch signals before mounting: one that arrives while the mount
+	// comes up is handled (unmount) once it is up, instead of killing the
+	// process and leaving a dead mount.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	srv, err := fs.Mount(vol, mnt, fs.MountOptions{ReadOnly: *ro, AllowOther: *allowOther, Debug: *dbg})
 	if err != nil {
 		return ready(exitMount, err.Error())
@@ -174,8 +179,6 @@ func runMount(args []string) int {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		for s := range sig {
 			logger.Printf("kmsfs: %v: unmounting %s", s, mnt)

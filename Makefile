@@ -1,0 +1,102 @@
+# kmsfs build and test entry points. "make test" is what CI runs (.ci/run);
+# it must work as root on a fresh Debian 12 machine that has only Go.
+
+GO ?= go
+
+# Never let a build or test rewrite go.mod/go.sum, and do not stamp VCS
+# information (a clone owned by another user makes git refuse to answer).
+ifeq ($(filter -mod=%,$(GOFLAGS)),)
+GOFLAGS += -mod=readonly
+endif
+ifeq ($(filter -buildvcs%,$(GOFLAGS)),)
+GOFLAGS += -buildvcs=false
+endif
+export GOFLAGS
+
+# Packages with unit tests; directories that do not exist yet are left out.
+UNIT_DIRS := $(wildcard header blockcipher keyring fs cmd)
+UNIT_PKGS := $(addprefix ./,$(addsuffix /...,$(UNIT_DIRS)))
+
+# How long each fuzz target runs in "make test".
+FUZZTIME ?= 10s
+# Time limit of the integration tests (tests/).
+INTEGRATION_TIMEOUT ?= 40m
+
+.PHONY: all deps build test vet fmt-check unit integration fuzz bench clean
+
+all: build
+
+# deps installs the programs the tests use, if missing: fuse3
+# (fusermount3), sqlite3 and git for tests/apps_test.go, gcc and the libc
+# headers for -race (cgo). apt-get update runs only if an install fails
+# without it.
+deps:
+	@need=""; \
+	command -v fusermount3 >/dev/null 2>&1 || need="$$need fuse3"; \
+	command -v sqlite3 >/dev/null 2>&1 || need="$$need sqlite3"; \
+	command -v git >/dev/null 2>&1 || need="$$need git"; \
+	command -v gcc >/dev/null 2>&1 || need="$$need gcc"; \
+	[ -e /usr/include/stdlib.h ] || need="$$need libc6-dev"; \
+	if [ -n "$$need" ]; then \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		echo "deps: installing$$need"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$$sudo apt-get install -y --no-install-recommends $$need || \
+		{ $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $$need; } || exit 1; \
+	fi
+	$(GO) mod download
+
+build:
+	$(GO) build -o bin/kmsfs ./cmd/kmsfs
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@files=$$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' | xargs gofmt -l); \
+	if [ -n "$$files" ]; then echo "gofmt needed on:"; echo "$$files"; exit 1; fi
+
+unit:
+ifneq ($(UNIT_PKGS),)
+	CGO_ENABLED=1 $(GO) test -race $(UNIT_PKGS)
+endif
+
+# integration runs tests/ (real mounts) with a TMPDIR of its own, then
+# checks that no mount was left behind below it, also when the tests
+# failed; leftovers are detached and fail the run. Other runs on the same
+# machine are not touched.
+integration:
+	@tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/kmsfs-make.XXXXXX") || exit 1; status=0; \
+	echo "TMPDIR=$$tmp CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(INTEGRATION_TIMEOUT) ./tests/..."; \
+	TMPDIR=$$tmp CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(INTEGRATION_TIMEOUT) ./tests/... || status=$$?; \
+	left=$$(awk -v d="$$tmp/" 'index($$2, d) == 1 {print $$2}' /proc/mounts); \
+	if [ -n "$$left" ]; then \
+		echo "mounts left behind by the tests:"; echo "$$left"; status=1; \
+		for m in $$left; do umount -l "$$m" || fusermount3 -u -z "$$m" || true; done; \
+	fi; \
+	if awk -v d="$$tmp/" 'index($$2, d) == 1 {found=1} END {exit !found}' /proc/mounts; then \
+		echo "still mounted below $$tmp: not removing it"; \
+	else \
+		rm -rf "$$tmp"; \
+	fi; \
+	exit $$status
+
+# fuzz runs every fuzz target of the module (found by name, so new ones
+# are included) for FUZZTIME each.
+fuzz:
+	@for f in $$(grep -rlE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . | grep -v '/testdata/' | sort); do \
+		dir=$$(dirname "$$f"); \
+		for fn in $$(grep -oE '^func Fuzz[A-Za-z0-9_]*' "$$f" | sed 's/^func //'); do \
+			echo "$(GO) test -run='^\$$' -fuzz='^$$fn\$$' -fuzztime=$(FUZZTIME) $$dir"; \
+			$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) "$$dir" || exit 1; \
+		done; \
+	done
+
+test: deps vet fmt-check unit integration fuzz
+
+# bench is a placeholder; it will grow end-to-end benchmarks.
+bench:
+	$(GO) test -run='^$$' -bench=. ./blockcipher/...
+
+clean:
+	rm -rf bin
