@@ -22,7 +22,7 @@ FUZZTIME ?= 10s
 # Time limit of the integration tests (tests/).
 INTEGRATION_TIMEOUT ?= 40m
 
-.PHONY: all deps build test vet fmt-check unit integration fuzz bench clean
+.PHONY: all deps build mount test vet fmt-check unit integration fuzz bench clean
 
 all: build
 
@@ -48,6 +48,16 @@ deps:
 
 build:
 	$(GO) build -o bin/kmsfs ./cmd/kmsfs
+
+# mount builds kmsfs, creates the volume CIPHER with the default local key
+# (~/.config/kmsfs/local.key) if it is not one yet, and mounts it at PLAIN.
+CIPHER ?= $(HOME)/kmsfs-cipher
+PLAIN ?= $(HOME)/kmsfs-plain
+mount: build
+	@mkdir -p "$(CIPHER)" "$(PLAIN)"
+	@[ -e "$(CIPHER)/kmsfs.conf" ] || bin/kmsfs init "$(CIPHER)"
+	bin/kmsfs mount "$(CIPHER)" "$(PLAIN)"
+	@echo "kmsfs: plaintext view $(PLAIN), ciphertext in $(CIPHER); unmount with: bin/kmsfs umount $(PLAIN)"
 
 vet:
 	$(GO) vet ./...
@@ -88,7 +98,7 @@ fuzz:
 		dir=$$(dirname "$$f"); \
 		for fn in $$(grep -oE '^func Fuzz[A-Za-z0-9_]*' "$$f" | sed 's/^func //'); do \
 			echo "$(GO) test -run='^\$$' -fuzz='^$$fn\$$' -fuzztime=$(FUZZTIME) $$dir"; \
-			$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) "$$dir" || exit 1; \
+			$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=1x "$$dir" || exit 1; \
 		done; \
 	done
 
