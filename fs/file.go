@@ -373,7 +373,7 @@ func (n *Node) rewriteBlock(fd int, b uint64, plain []byte) error {
 	cbuf := getBuf(0)
 	defer putBuf(cbuf)
 	ct := n.keys.cipher.SealBlock((*cbuf)[:0], plain, b)
-	return pwriteFull(fd, ct, l.BlockCipherOff(b))
+	return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(b))
 }
 
 // writeLocked writes data at off; n.mu is held exclusively.
@@ -433,7 +433,7 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 	cbuf := getBuf(0)
 	defer putBuf(cbuf)
 	ct := n.keys.cipher.SealBlocks((*cbuf)[:0], plain, first)
-	return pwriteFull(fd, ct, l.BlockCipherOff(first))
+	return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first))
 }
 
 // truncateLocked sets the plaintext size; n.mu is held exclusively.
@@ -468,10 +468,10 @@ func (n *Node) truncateLocked(ctx context.Context, fd int, size int64) error {
 		if err != nil {
 			return err
 		}
-		if err := syscall.Ftruncate(fd, l.CipherSize(size)); err != nil {
-			return err
-		}
-		return n.rewriteBlock(fd, b, old[:size%B])
+		cbuf := getBuf(0)
+		defer putBuf(cbuf)
+		ct := n.keys.cipher.SealBlock((*cbuf)[:0], old[:size%B], b)
+		return n.vol.journal.pwriteEnd(n, fd, ct, l.BlockCipherOff(b))
 	}
 	// Growing: pad the old partial last block, extend with holes, and
 	// write a real partial block at the new end.

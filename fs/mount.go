@@ -2,12 +2,19 @@ package fs
 
 import (
 	"fmt"
+	"io"
+	"log"
+	"os"
+	"regexp"
 	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
+
+// maxWrite is the largest FUSE write request (the kernel's limit here).
+const maxWrite = 1 << 20
 
 // MountOptions are the user's choices for one mount.
 type MountOptions struct {
@@ -27,6 +34,16 @@ func Mount(v *Volume, mountpoint string, o MountOptions) (*fuse.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mount: %w", err)
 	}
+	if v.journal == nil {
+		// Replays writes a crash interrupted, before anything is read.
+		maxData := (maxWrite/v.Layout.BlockSize + 2) * v.Layout.CipherBlockSize()
+		if v.journal, err = openJournal(v, maxData); err != nil {
+			if !o.ReadOnly {
+				return nil, fmt.Errorf("mount: %w", err)
+			}
+			v.Log.Printf("kmsfs: read-only mount without the write journal: %v", err)
+		}
+	}
 	// The kernel has already applied the caller's umask to create modes;
 	// the daemon must not apply its own a second time.
 	syscall.Umask(0)
@@ -37,21 +54,51 @@ func Mount(v *Volume, mountpoint string, o MountOptions) (*fuse.Server, error) {
 		NegativeTimeout: &timeout,
 		MountOptions: fuse.MountOptions{
 			DirectMount: true,
-			FsName:      v.Dir,
-			Name:        "kmsfs",
-			MaxWrite:    1 << 20,
-			AllowOther:  o.AllowOther,
-			EnableLocks: true,
-			Debug:       o.Debug,
-			Options:     []string{"default_permissions"},
+			// As root, a failed mount(2) is the real error; falling back to
+			// fusermount3 would only hide it.
+			DirectMountStrict: os.Geteuid() == 0,
+			FsName:            v.Dir,
+			Name:              "kmsfs",
+			MaxWrite:          maxWrite,
+			AllowOther:        o.AllowOther,
+			EnableLocks:       true,
+			Debug:             o.Debug,
+			Options:           []string{"default_permissions"},
 		},
+	}
+	if o.Debug {
+		// go-fuse's request log quotes the first bytes of data: keep the
+		// names, drop the contents.
+		opts.MountOptions.Logger = log.New(redactor{v.Log.Writer()}, "", log.LstdFlags)
 	}
 	if o.ReadOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
 	srv, err := gofs.Mount(mountpoint, root, opts)
 	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+		if _, serr := os.Stat("/dev/fuse"); serr != nil {
+			return nil, fmt.Errorf("mount %s: /dev/fuse: %w", mountpoint, serr)
+		}
+		return nil, fmt.Errorf("mount %s: %w (is /dev/fuse the FUSE device and the fuse module loaded?)", mountpoint, err)
 	}
 	return srv, nil
+}
+
+// Data previews in go-fuse's debug lines: `"abc"... 20b` in requests and
+// `20b data "abc"...` in replies.
+var (
+	inData  = regexp.MustCompile(`"(?:[^"\\]|\\.)*"(?:\.\.\.)? (\d+b)`)
+	outData = regexp.MustCompile(`(\d+b data) "(?:[^"\\]|\\.)*"(?:\.\.\.)?`)
+)
+
+// redactor removes file contents from debug log lines.
+type redactor struct{ w io.Writer }
+
+func (r redactor) Write(p []byte) (int, error) {
+	q := outData.ReplaceAll(p, []byte("$1 <contents not logged>"))
+	q = inData.ReplaceAll(q, []byte("<contents not logged> $1"))
+	if _, err := r.w.Write(q); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

@@ -125,8 +125,12 @@ func (n *Node) isRoot() bool { return n.EmbeddedInode() == n.Root() }
 
 // hidden reports whether name is one of kmsfs's own files (only in the
 // root directory; callers check isRoot).
-func (n *Node) hidden(name string) bool {
-	return name == ConfigName || name == ConfigName+".tmp"
+func (n *Node) hidden(name string) bool { return internalName(name) }
+
+// internalName reports whether name, in the root of the backing
+// directory, is one of kmsfs's own files.
+func internalName(name string) bool {
+	return name == ConfigName || name == ConfigName+".tmp" || name == journalName
 }
 
 func (n *Node) backingPath() string {

@@ -89,7 +89,7 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 		if err != nil {
 			return err
 		}
-		if d.Type().IsRegular() && !(filepath.Dir(p) == v.Dir && (d.Name() == ConfigName || d.Name() == ConfigName+".tmp")) {
+		if d.Type().IsRegular() && !(filepath.Dir(p) == v.Dir && internalName(d.Name())) {
 			files = append(files, p)
 		}
 		return nil

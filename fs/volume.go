@@ -88,9 +88,10 @@ type Volume struct {
 	// key material or file contents.
 	Log *log.Logger
 
-	res   *keyring.Resolver
-	keys  *keySource
-	extra []string // key URIs tried for slots of the same scheme
+	res     *keyring.Resolver
+	keys    *keySource
+	journal *journal // set while mounted
+	extra   []string // key URIs tried for slots of the same scheme
 	// alias maps a key URI that failed to the extra key that opened its
 	// slot instead; new files are wrapped with the extra key but keep the
 	// configured URI in their slots.
@@ -413,6 +414,7 @@ func (v *Volume) newFileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
 
 // Close wipes the keys the volume holds for new files and the cache.
 func (v *Volume) Close() {
+	v.journal.close()
 	v.cfgMu.RLock()
 	ks := v.keys
 	v.cfgMu.RUnlock()

@@ -96,6 +96,11 @@ func runMount(args []string) int {
 	if code := checkMountPoint(mnt); code != 0 {
 		return code
 	}
+	if fi, err := os.Stat(cipherDir); err != nil {
+		return errorf(exitNotVolume, "cipher directory %s: %v", cipherDir, errors.Unwrap(err))
+	} else if !fi.IsDir() {
+		return errorf(exitNotVolume, "cipher directory %s is not a directory", cipherDir)
+	}
 	if _, err := os.Stat(filepath.Join(cipherDir, fs.ConfigName)); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			errorf(exitNotVolume, "%s: %v", cipherDir, fs.ErrNotVolume)
