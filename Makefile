@@ -27,14 +27,19 @@ INTEGRATION_TIMEOUT ?= 40m
 all: build
 
 # deps installs the programs the tests use, if missing: fuse3
-# (fusermount3), sqlite3 and git for tests/apps_test.go, gcc and the libc
-# headers for -race (cgo). apt-get update runs only if an install fails
+# (fusermount3), sqlite3 and git for tests/apps_test.go, fio and stress-ng
+# for tests/stress_test.go, e2fsprogs (mkfs.ext4) for the full-disk test,
+# util-linux (setpriv, unshare), gcc and the libc headers for -race (cgo). apt-get update runs only if an install fails
 # without it.
 deps:
 	@need=""; \
 	command -v fusermount3 >/dev/null 2>&1 || need="$$need fuse3"; \
 	command -v sqlite3 >/dev/null 2>&1 || need="$$need sqlite3"; \
 	command -v git >/dev/null 2>&1 || need="$$need git"; \
+	command -v fio >/dev/null 2>&1 || need="$$need fio"; \
+	command -v stress-ng >/dev/null 2>&1 || need="$$need stress-ng"; \
+	command -v mkfs.ext4 >/dev/null 2>&1 || need="$$need e2fsprogs"; \
+	command -v setpriv >/dev/null 2>&1 || need="$$need util-linux"; \
 	command -v gcc >/dev/null 2>&1 || need="$$need gcc"; \
 	[ -e /usr/include/stdlib.h ] || need="$$need libc6-dev"; \
 	if [ -n "$$need" ]; then \
