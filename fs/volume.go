@@ -290,24 +290,55 @@ func (v *Volume) readConfig(ctx context.Context) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", cpath, ErrBadConfig, err)
 	}
-	if len(plain) > maxConfigSize {
-		return nil, fmt.Errorf("%s: %w: too large", cpath, ErrBadConfig)
-	}
-	var c Config
-	if err := json.NewDecoder(bytes.NewReader(plain)).Decode(&c); err != nil {
-		return nil, fmt.Errorf("%s: %w: %w", cpath, ErrBadConfig, err)
+	c, err := ParseConfig(plain)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cpath, err)
 	}
 	switch {
-	case c.Format != "kmsfs" || c.Version != 1:
-		return nil, fmt.Errorf("%s: %w: format %q version %d is not supported by this kmsfs", cpath, ErrBadConfig, c.Format, c.Version)
 	case c.VolumeID != fk.volume:
 		return nil, fmt.Errorf("%s: %w: volume ID %s does not match its key slots (%s)", cpath, ErrBadConfig, c.VolumeID, fk.volume)
 	case v.volumeID() != "" && c.VolumeID != v.volumeID():
 		return nil, fmt.Errorf("%s: %w: volume ID changed from %s to %s", cpath, ErrBadConfig, v.volumeID(), c.VolumeID)
 	case c.BlockSize != h.Preamble.BlockSize() || c.BlockSize != v.Layout.BlockSize:
 		return nil, fmt.Errorf("%s: %w: block size %d does not match its header (%d)", cpath, ErrBadConfig, c.BlockSize, h.Preamble.BlockSize())
-	case len(c.Keys) == 0:
-		return nil, fmt.Errorf("%s: %w: no keys", cpath, ErrBadConfig)
+	}
+	return c, nil
+}
+
+// ParseConfig parses and checks the plaintext of a volume configuration
+// (docs/FORMAT.md). Errors wrap ErrBadConfig.
+func ParseConfig(plain []byte) (*Config, error) {
+	if len(plain) > maxConfigSize {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrBadConfig, len(plain), maxConfigSize)
+	}
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(plain))
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrBadConfig)
+	}
+	id, err := hex.DecodeString(c.VolumeID)
+	switch {
+	case c.Format != "kmsfs" || c.Version != 1:
+		return nil, fmt.Errorf("%w: format %q version %d is not supported by this kmsfs", ErrBadConfig, c.Format, c.Version)
+	case err != nil || len(id) != 16 || hex.EncodeToString(id) != c.VolumeID:
+		return nil, fmt.Errorf("%w: volume ID %q is not 32 lowercase hex digits", ErrBadConfig, c.VolumeID)
+	case len(c.Keys) == 0 || len(c.Keys) > header.MaxSlots:
+		return nil, fmt.Errorf("%w: %d keys, want 1 to %d", ErrBadConfig, len(c.Keys), header.MaxSlots)
+	case c.ReuseFiles < 0 || c.ReuseSeconds < 0:
+		return nil, fmt.Errorf("%w: negative data key reuse", ErrBadConfig)
+	}
+	if _, err := blockShift(c.BlockSize); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	seen := map[string]bool{}
+	for _, k := range c.Keys {
+		if k == "" || len(k) > header.MaxURILen || seen[k] {
+			return nil, fmt.Errorf("%w: bad or repeated key URI %q", ErrBadConfig, k)
+		}
+		seen[k] = true
 	}
 	return &c, nil
 }
