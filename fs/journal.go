@@ -30,20 +30,29 @@ import (
 // fsync: it protects against the death of the server, not against power
 // loss (see docs/SECURITY.md).
 //
+// Only what can be damaged needs a copy: the part of a write that
+// overwrites existing ciphertext, up to the end of the block the old end
+// of file falls in. Bytes beyond that were not there before; if the server
+// dies while writing them, the replay cuts the file back to the end of the
+// copied part (the write was never acknowledged, so keeping its first
+// blocks is allowed). A long append therefore costs two small journal
+// writes, not a second copy of its data.
+//
 // Slot layout, at slot i * slotSize (page aligned):
 //
-//	offset 0:    magic "KMSFSJ1\x00" (8) | file ID (16) | inode (8) |
-//	             cipher offset (8) | length (4) | path length (2) |
-//	             flags (1; 1 = the file ends with this write) | path
-//	offset 4096: the ciphertext to write
+//	offset 0:    magic "KMSFSJ2\x00" (8) | file ID (16) | inode (8) |
+//	             cipher offset (8) | length of the copy (4) |
+//	             cut the file here after the copy, or -1 (8) |
+//	             path length (2) | path relative to the backing directory
+//	offset 4096: the copy of the ciphertext
 const (
 	journalName  = "kmsfs.journal"
 	journalSlots = 8
 	journalHdr   = 4096
-	maxJournPath = journalHdr - 47
+	maxJournPath = journalHdr - 54
 )
 
-var journalMagic = []byte("KMSFSJ1\x00")
+var journalMagic = []byte("KMSFSJ2\x00")
 
 type journal struct {
 	fd       int
@@ -86,7 +95,7 @@ func (j *journal) replay(v *Volume) error {
 		if err != nil {
 			return fmt.Errorf("reading write journal: %w", err)
 		}
-		if n < 47 || string(hdr[:8]) != string(journalMagic) {
+		if n < 54 || string(hdr[:8]) != string(journalMagic) {
 			continue
 		}
 		var fileID [16]byte
@@ -94,14 +103,14 @@ func (j *journal) replay(v *Volume) error {
 		ino := binary.BigEndian.Uint64(hdr[24:32])
 		coff := int64(binary.BigEndian.Uint64(hdr[32:40]))
 		length := int(binary.BigEndian.Uint32(hdr[40:44]))
-		plen := int(binary.BigEndian.Uint16(hdr[44:46]))
-		end := hdr[46] == 1
-		if plen > maxJournPath || int64(length) > j.slotSize-journalHdr {
+		cut := int64(binary.BigEndian.Uint64(hdr[44:52]))
+		plen := int(binary.BigEndian.Uint16(hdr[52:54]))
+		if plen > maxJournPath || int64(length) > j.slotSize-journalHdr || coff < 0 {
 			v.Log.Printf("kmsfs: write journal slot %d is damaged; skipped", i)
-		} else if err := j.redo(v, string(hdr[47:47+plen]), ino, fileID, coff, length, end, off+journalHdr); err != nil {
-			v.Log.Printf("kmsfs: write journal slot %d (%s): not replayed: %v", i, hdr[47:47+plen], err)
+		} else if err := j.redo(v, string(hdr[54:54+plen]), ino, fileID, coff, length, cut, off+journalHdr); err != nil {
+			v.Log.Printf("kmsfs: write journal slot %d (%s): not replayed: %v", i, hdr[54:54+plen], err)
 		} else {
-			v.Log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d)", hdr[47:47+plen], length, coff)
+			v.Log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d)", hdr[54:54+plen], length, coff)
 		}
 		if err := pwriteFull(j.fd, make([]byte, 8), off); err != nil {
 			return fmt.Errorf("clearing write journal: %w", err)
@@ -110,7 +119,7 @@ func (j *journal) replay(v *Volume) error {
 	return nil
 }
 
-func (j *journal) redo(v *Volume, rel string, ino uint64, fileID [16]byte, coff int64, length int, end bool, dataOff int64) error {
+func (j *journal) redo(v *Volume, rel string, ino uint64, fileID [16]byte, coff int64, length int, cut int64, dataOff int64) error {
 	if strings.Contains("/"+rel+"/", "/../") {
 		return errors.New("bad path")
 	}
@@ -141,8 +150,8 @@ func (j *journal) redo(v *Volume, rel string, ino uint64, fileID [16]byte, coff 
 	if err := pwriteFull(fd, data, coff); err != nil {
 		return err
 	}
-	if end {
-		return syscall.Ftruncate(fd, coff+int64(length))
+	if cut >= 0 {
+		return syscall.Ftruncate(fd, cut)
 	}
 	return nil
 }
@@ -177,26 +186,38 @@ func (j *journal) write(n *Node, fd int, data []byte, off int64, end bool) error
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return err
 	}
+	// Copy what overwrites existing ciphertext, up to the end of the block
+	// holding the old end of file; cut back to there if the rest is lost.
+	copyLen, cut := int64(len(data)), int64(-1)
+	if end {
+		cut = off + int64(len(data))
+	} else if off+int64(len(data)) > st.Size {
+		cb := int64(n.vol.Layout.CipherBlockSize())
+		copyLen = 0
+		if st.Size > off {
+			copyLen = min((st.Size-off+cb-1)/cb*cb, int64(len(data)))
+		}
+		cut = max(off+copyLen, st.Size)
+	}
 	slot := <-j.free
 	defer func() { j.free <- slot }()
 	base := int64(slot) * j.slotSize
-	if err := pwriteFull(j.fd, data, base+journalHdr); err != nil {
-		return fmt.Errorf("write journal: %w", err)
+	if copyLen > 0 {
+		if err := pwriteFull(j.fd, data[:copyLen], base+journalHdr); err != nil {
+			return fmt.Errorf("write journal: %w", err)
+		}
 	}
 	hb := getBuf(journalHdr)
 	defer putBuf(hb)
-	h := (*hb)[:47+len(rel)]
+	h := (*hb)[:54+len(rel)]
 	copy(h, journalMagic)
 	copy(h[8:24], n.keys.fileID[:])
 	binary.BigEndian.PutUint64(h[24:32], st.Ino)
 	binary.BigEndian.PutUint64(h[32:40], uint64(off))
-	binary.BigEndian.PutUint32(h[40:44], uint32(len(data)))
-	binary.BigEndian.PutUint16(h[44:46], uint16(len(rel)))
-	h[46] = 0
-	if end {
-		h[46] = 1
-	}
-	copy(h[47:], rel)
+	binary.BigEndian.PutUint32(h[40:44], uint32(copyLen))
+	binary.BigEndian.PutUint64(h[44:52], uint64(cut))
+	binary.BigEndian.PutUint16(h[52:54], uint16(len(rel)))
+	copy(h[54:], rel)
 	if err := pwriteFull(j.fd, h, base); err != nil {
 		return fmt.Errorf("write journal: %w", err)
 	}
