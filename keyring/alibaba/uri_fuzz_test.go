@@ -1,0 +1,134 @@
+package alibaba
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+// FuzzOpenURI feeds key URIs to the opener registered for alibaba-kms,
+// through keyring.Open. Credentials come from the environment, so Open
+// resolves them without a network call and makes no KMS call.
+//
+// It checks that Open never panics, that every rejection wraps
+// keyring.ErrBadURI, and that an accepted URI has a valid region, a key ID
+// or alias/NAME, no query parameter but endpoint, and an endpoint that is
+// https, or http to a loopback host only. The URI an accepted keyring
+// reports opens again to the same region, key and endpoint.
+func FuzzOpenURI(f *testing.F) {
+	f.Setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI5tFuzzKey01")
+	f.Setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "fuzz-secret")
+	f.Setenv("ALIBABA_CLOUD_SECURITY_TOKEN", "")
+	f.Setenv("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+	f.Setenv("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true")
+	f.Setenv("HOME", f.TempDir())
+	f.Add("alibaba-kms://cn-hangzhou/alias/kmsfs")
+	f.Add("alibaba-kms://cn-hangzhou/1234abcd-12ab-34cd-56ef-1234567890ab?endpoint=http://127.0.0.1:8080")
+	f.Add("alibaba-kms://cn-hangzhou/key?endpoint=http://kms.example.com")
+
+	f.Fuzz(func(t *testing.T, raw string) {
+		if u, err := url.Parse(raw); err == nil && u.Scheme != Scheme {
+			return // another provider's URI
+		}
+		kr, err := keyring.Open(context.Background(), raw, keyring.Options{})
+		if err != nil {
+			if !errors.Is(err, keyring.ErrBadURI) {
+				t.Fatalf("keyring.Open(%q) error = %v, want keyring.ErrBadURI", raw, err)
+			}
+			return
+		}
+		k, ok := kr.(*Keyring)
+		if !ok {
+			t.Fatalf("keyring.Open(%q) = %T, want *Keyring", raw, kr)
+		}
+		ku := k.uri
+		if !validRegion(ku.Region) {
+			t.Fatalf("keyring.Open(%q) accepted region %q", raw, ku.Region)
+		}
+		if !validKey(ku.Key) {
+			t.Fatalf("keyring.Open(%q) accepted key %q", raw, ku.Key)
+		}
+		if k.keyID == strings.HasPrefix(ku.Key, "alias/") {
+			t.Fatalf("keyring.Open(%q): keyID = %v for key %q", raw, k.keyID, ku.Key)
+		}
+		if len(ku.Query) != 0 {
+			t.Fatalf("keyring.Open(%q) accepted query parameters %v", raw, ku.Query)
+		}
+		if ep := ku.Endpoint; ep != nil {
+			if why := badEndpoint(ep); why != "" {
+				t.Fatalf("keyring.Open(%q) accepted endpoint %q: %s", raw, ep, why)
+			}
+		}
+
+		again, err := keyring.Open(context.Background(), k.URI(), keyring.Options{})
+		if err != nil {
+			t.Fatalf("keyring.Open(%q) error = %v; it was rendered from %q", k.URI(), err, raw)
+		}
+		ku2 := again.(*Keyring).uri
+		if ku2.Region != ku.Region || ku2.Key != ku.Key || endpointString(ku2.Endpoint) != endpointString(ku.Endpoint) || !reflect.DeepEqual(ku2.Query, ku.Query) {
+			t.Fatalf("keyring.Open(%q) = %+v, want %+v (the values parsed from %q)", k.URI(), ku2, ku, raw)
+		}
+	})
+}
+
+// validRegion reports whether s is a region as the provider documents it:
+// 1 to 64 letters, digits, '-' or '_'.
+func validRegion(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") == ""
+}
+
+// validKey reports whether s is a key ID or alias/NAME without spaces,
+// control characters or URI delimiters.
+func validKey(s string) bool {
+	name := strings.TrimPrefix(s, "alias/")
+	if name == "" || strings.Contains(name, "/") {
+		return false
+	}
+	for _, r := range name {
+		if r <= ' ' || r == 0x7f || r == '?' || r == '#' {
+			return false
+		}
+	}
+	return true
+}
+
+// badEndpoint says what is wrong with an accepted endpoint, or "".
+// Plain http must name a loopback host; the check here is independent of
+// cloud.IsLoopback.
+func badEndpoint(ep *url.URL) string {
+	switch {
+	case ep.User != nil || ep.Path != "" || ep.RawQuery != "" || ep.Fragment != "" || ep.Opaque != "":
+		return "want only scheme, host and port"
+	case ep.Host == "":
+		return "no host"
+	case ep.Scheme == "https":
+		return ""
+	case ep.Scheme != "http":
+		return "scheme is neither https nor http"
+	}
+	host := ep.Hostname()
+	if host == "localhost" {
+		return ""
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil || !a.Unmap().IsLoopback() {
+		return "plain http to a host that is not loopback"
+	}
+	return ""
+}
+
+func endpointString(ep *url.URL) string {
+	if ep == nil {
+		return ""
+	}
+	return ep.String()
+}
