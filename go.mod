@@ -2,6 +2,8 @@ module github.com/kmsfs/kmsfs
 
 go 1.26.8
 
+toolchain go1.26.10
+
 require (
 	github.com/aliyun/alibaba-cloud-sdk-go v1.63.107
 	github.com/awnumar/memguard v0.23.0
