@@ -39,7 +39,7 @@ const (
 
 // parallelMin is the amount of data from which SealBlocks and OpenBlocks
 // split the work across goroutines.
-const parallelMin = 64 << 10
+const parallelMin = 512 << 10
 
 // ErrAuth reports a block that does not authenticate under this file's
 // content key, file ID and block number.

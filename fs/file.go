@@ -313,13 +313,21 @@ func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
 	if err := preadFull(fd, *cbuf, coff); err != nil {
 		return 0, fmt.Errorf("reading blocks %d-%d: %w", first, last, err)
 	}
+	skip := off - int64(first)*int64(l.BlockSize)
+	if need := int(last-first+1) * l.BlockSize; skip == 0 && cap(dest) >= need {
+		// Aligned: decrypt straight into the reply buffer.
+		plain, err := n.keys.cipher.OpenBlocks(dest[:0], *cbuf, first)
+		if err != nil {
+			return 0, err
+		}
+		return int(min(int64(len(plain)), end-off)), nil
+	}
 	pbuf := getBuf(int(last-first+1) * l.BlockSize)
 	defer putBuf(pbuf)
 	plain, err := n.keys.cipher.OpenBlocks((*pbuf)[:0], *cbuf, first)
 	if err != nil {
 		return 0, err
 	}
-	skip := off - int64(first)*int64(l.BlockSize)
 	return copy(dest, plain[skip:skip+(end-off)]), nil
 }
 
@@ -411,6 +419,14 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 
 	start := int64(first) * B
 	stop := min(int64(last+1)*B, max(end, p))
+	cbuf := getBuf(0)
+	defer putBuf(cbuf)
+	if off == start && (end%B == 0 || end >= p) {
+		// Whole blocks, or a new last block: nothing old to keep, so seal
+		// straight from the request.
+		ct := n.keys.cipher.SealBlocks((*cbuf)[:0], data, first)
+		return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first))
+	}
 	pbuf := getBuf(int(stop - start))
 	defer putBuf(pbuf)
 	plain := *pbuf
@@ -430,8 +446,6 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 		copy(plain[lastStart-start:], old)
 	}
 	copy(plain[off-start:], data)
-	cbuf := getBuf(0)
-	defer putBuf(cbuf)
 	ct := n.keys.cipher.SealBlocks((*cbuf)[:0], plain, first)
 	return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first))
 }
