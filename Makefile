@@ -119,8 +119,13 @@ vulncheck:
 
 test: deps vet fmt-check unit integration fuzz vulncheck
 
-# bench is a placeholder; it will grow end-to-end benchmarks.
-bench:
+# bench runs the end-to-end benchmarks as root (~20 min; BENCH_FLAGS=--quick
+# for a 3-minute run) and rewrites docs/PERFORMANCE.md and
+# docs/performance.png; then the key service costs (tests/bench/keylife)
+# and the block cipher micro-benchmarks.
+bench: build
+	bash tests/bench/run.sh $(BENCH_FLAGS)
+	$(GO) run ./tests/bench/keylife -kmsfs bin/kmsfs
 	$(GO) test -run='^$$' -bench=. ./blockcipher/...
 
 clean:

@@ -64,8 +64,9 @@ Options:
     --json FILE          also write the raw measurements as JSON
     --kmsfs-bin FILE     use this kmsfs binary instead of building ./cmd/kmsfs
     --profile DIR        record perf profiles of the kmsfs and baseline daemons
-                         during the sequential and 4-job random workloads into
-                         DIR (timings are then perturbed: no report is written)
+                         during the sequential, random and tree copy/read
+                         workloads into DIR, with text summaries (timings are
+                         then perturbed: no report is written)
 `
 
 type options struct {
@@ -217,7 +218,7 @@ func run(args []string) (code int) {
 			fmt.Printf("harness: scratch directory kept: %s\n", r.work)
 			return
 		}
-		if r.failures > 0 || code != 0 {
+		if r.failures > 0 || code == 1 {
 			// Keep the servers' logs: they say why.
 			kept := r.work + "-logs"
 			if os.Rename(filepath.Join(r.work, "logs"), kept) == nil {

@@ -363,7 +363,12 @@ func (r *runner) treeRead(c *fsConfig, rep int) error {
 		return fmt.Errorf("%s: find listed %d entries, the source has %d", c.name, lines, r.treeEntries)
 	}
 	var n byteCounter
-	tread, err := r.command(c, &n, "tar", "-C", dst, "-cf", "-", ".")
+	var tread time.Duration
+	err = r.profiled(c, "tree-read", func() error {
+		var err error
+		tread, err = r.command(c, &n, "tar", "-C", dst, "-cf", "-", ".")
+		return err
+	})
 	if err != nil {
 		return err
 	}
