@@ -7,7 +7,7 @@
 //
 // Usage (as root, from the repository root):
 //
-//	go run ./tests/bench/keylife [-files 10000] [-latency 20ms] [-kmsfs bin/kmsfs]
+//	go run ./tests/bench/keylife [-files 10000] [-latency 20ms] [-reps 2] [-kmsfs bin/kmsfs]
 package main
 
 import (
@@ -38,6 +38,7 @@ func main() {
 	files := flag.Int("files", 10000, "number of small files")
 	latency := flag.Duration("latency", 20*time.Millisecond, "KMS latency to compare against none")
 	bin := flag.String("kmsfs", "bin/kmsfs", "kmsfs binary")
+	reps := flag.Int("reps", 2, "repetitions of each latency (the fastest counts)")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -51,10 +52,23 @@ func main() {
 	os.Setenv("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
 	os.Setenv("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true")
 
+	// Alternate the latencies over the repetitions and keep each phase's
+	// fastest run: a create right after the previous run's files were
+	// deleted is slowed by the backing filesystem, whichever latency runs.
 	results := map[time.Duration][]phase{}
-	lats := []time.Duration{0, *latency}
-	for _, lat := range lats {
-		results[lat] = run(emu, *bin, *files, lat)
+	for r := 0; r < *reps; r++ {
+		for _, lat := range []time.Duration{*latency, 0} {
+			got := run(emu, *bin, *files, lat)
+			if results[lat] == nil {
+				results[lat] = got
+				continue
+			}
+			for i := range got {
+				if got[i].elapsed < results[lat][i].elapsed {
+					results[lat][i] = got[i]
+				}
+			}
+		}
 	}
 	fmt.Printf("| phase (%d files) | KMS calls, 0 ms | elapsed, 0 ms | KMS calls, %v | elapsed, %v | ratio |\n", *files, *latency, *latency)
 	fmt.Println("|---|---:|---:|---:|---:|---:|")
