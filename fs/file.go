@@ -216,6 +216,9 @@ func (n *Node) errno(op string, err error) syscall.Errno {
 	}
 	var en syscall.Errno
 	switch {
+	case errors.Is(err, context.Canceled):
+		// The request was interrupted; the kernel retries or reports EINTR.
+		return syscall.EINTR
 	case errors.Is(err, ErrCorrupt), errors.Is(err, blockcipher.ErrAuth), errors.Is(err, blockcipher.ErrBadCipherSize):
 		n.vol.Log.Printf("kmsfs: %s %s: %v", op, n.relPath(), err)
 		return syscall.EIO
