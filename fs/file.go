@@ -163,48 +163,17 @@ func (f *File) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 // Getlk tests for a POSIX lock (open file description locks on the
 // backing descriptor).
 func (f *File) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
-	var flk syscall.Flock_t
-	lk.ToFlockT(&flk)
-	err := syscall.FcntlFlock(uintptr(f.fd), unix.F_OFD_GETLK, &flk)
-	out.FromFlockT(&flk)
-	return gofs.ToErrno(err)
+	return GetLock(f.fd, lk, out)
 }
 
 // Setlk takes or releases a lock without waiting.
 func (f *File) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return f.setLock(lk, flags, false)
+	return SetLock(f.fd, lk, flags, false)
 }
 
 // Setlkw takes a lock, waiting for it.
 func (f *File) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return f.setLock(lk, flags, true)
-}
-
-func (f *File) setLock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno {
-	if flags&fuse.FUSE_LK_FLOCK != 0 {
-		var op int
-		switch lk.Typ {
-		case syscall.F_RDLCK:
-			op = syscall.LOCK_SH
-		case syscall.F_WRLCK:
-			op = syscall.LOCK_EX
-		case syscall.F_UNLCK:
-			op = syscall.LOCK_UN
-		default:
-			return syscall.EINVAL
-		}
-		if !wait {
-			op |= syscall.LOCK_NB
-		}
-		return gofs.ToErrno(syscall.Flock(f.fd, op))
-	}
-	var flk syscall.Flock_t
-	lk.ToFlockT(&flk)
-	cmd := unix.F_OFD_SETLK
-	if wait {
-		cmd = unix.F_OFD_SETLKW
-	}
-	return gofs.ToErrno(syscall.FcntlFlock(uintptr(f.fd), cmd, &flk))
+	return SetLock(f.fd, lk, flags, true)
 }
 
 // errno logs err with the file's name and turns it into the errno the

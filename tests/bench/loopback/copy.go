@@ -8,6 +8,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	kmsfs "github.com/kmsfs/kmsfs/fs"
 )
 
 // copyNode is a loopback node whose regular files are served by copyFile
@@ -197,49 +199,17 @@ func (f *copyFile) Allocate(ctx context.Context, off uint64, size uint64, mode u
 	return gofs.ToErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
 }
 
-// Getlk tests for a lock (open file description locks on the backing
-// descriptor, as kmsfs).
+// Getlk tests for a lock, exactly as kmsfs does.
 func (f *copyFile) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
-	var flk syscall.Flock_t
-	lk.ToFlockT(&flk)
-	err := syscall.FcntlFlock(uintptr(f.fd), unix.F_OFD_GETLK, &flk)
-	out.FromFlockT(&flk)
-	return gofs.ToErrno(err)
+	return kmsfs.GetLock(f.fd, lk, out)
 }
 
 // Setlk takes or releases a lock without waiting.
 func (f *copyFile) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return f.setLock(lk, flags, false)
+	return kmsfs.SetLock(f.fd, lk, flags, false)
 }
 
 // Setlkw takes a lock, waiting for it.
 func (f *copyFile) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return f.setLock(lk, flags, true)
-}
-
-func (f *copyFile) setLock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno {
-	if flags&fuse.FUSE_LK_FLOCK != 0 {
-		var op int
-		switch lk.Typ {
-		case syscall.F_RDLCK:
-			op = syscall.LOCK_SH
-		case syscall.F_WRLCK:
-			op = syscall.LOCK_EX
-		case syscall.F_UNLCK:
-			op = syscall.LOCK_UN
-		default:
-			return syscall.EINVAL
-		}
-		if !wait {
-			op |= syscall.LOCK_NB
-		}
-		return gofs.ToErrno(syscall.Flock(f.fd, op))
-	}
-	var flk syscall.Flock_t
-	lk.ToFlockT(&flk)
-	cmd := unix.F_OFD_SETLK
-	if wait {
-		cmd = unix.F_OFD_SETLKW
-	}
-	return gofs.ToErrno(syscall.FcntlFlock(uintptr(f.fd), cmd, &flk))
+	return kmsfs.SetLock(f.fd, lk, flags, true)
 }
