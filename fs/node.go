@@ -430,6 +430,10 @@ func keyContext(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // loadKeysLocked reads and unlocks the header, if the file has one.
+// openReadahead is how much file content loadKeysLocked asks the kernel
+// to read along with the header.
+const openReadahead = 128 << 10
+
 func (n *Node) loadKeysLocked(ctx context.Context, fd int) error {
 	ctx, cancel := keyContext(ctx)
 	defer cancel()
@@ -443,6 +447,10 @@ func (n *Node) loadKeysLocked(ctx context.Context, fd int) error {
 	if st.Size < header.Size {
 		return errors.Join(ErrCorrupt, errors.New("backing file shorter than its header"))
 	}
+	// Ask for the header and the first blocks in one disk read: a reader
+	// of the file comes for them next, and the kernel's readahead for a
+	// lone header read would stop short of them.
+	unix.Fadvise(fd, 0, min(st.Size, header.Size+openReadahead), unix.FADV_WILLNEED)
 	buf := make([]byte, header.Size)
 	// Reading the header is not an access by the user: keep atime as is
 	// (O_NOATIME needs ownership or CAP_FOWNER; without it atime moves).

@@ -1037,3 +1037,36 @@ func mountOptions(dir string) string {
 	}
 	return ""
 }
+
+// TestReadahead checks that a mount asks the kernel for reads of one
+// largest request (1 MiB) instead of its default 128 KiB, and that a
+// large file still reads back whole through those requests.
+func TestReadahead(t *testing.T) {
+	v := newVolume(t)
+	var st syscall.Stat_t
+	if err := syscall.Stat(v.mnt, &st); err != nil {
+		t.Fatalf("stat %s = %v", v.mnt, err)
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	got, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("os.ReadFile(%q) = %v", p, err)
+	}
+	if s := strings.TrimSpace(string(got)); s != "1024" {
+		t.Errorf("%s = %s, want 1024", p, s)
+	}
+	data := pattern("readahead", 5<<20+123)
+	writeFile(t, v.path("big"), data)
+	dropCaches(t)
+	checkContent(t, v.path("big"), data, v.blockSize)
+}
+
+// dropCaches empties the kernel's page cache, so that the next read of a
+// file goes through the daemon.
+func dropCaches(t *testing.T) {
+	t.Helper()
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		t.Fatalf("dropping caches: %v", err)
+	}
+}

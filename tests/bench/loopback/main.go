@@ -29,6 +29,8 @@ import (
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+
+	kmsfs "github.com/kmsfs/kmsfs/fs"
 )
 
 const usage = `Usage: loopback [options] ORIGDIR MOUNTPOINT
@@ -116,6 +118,10 @@ func run(args []string) int {
 	srv, err := gofs.Mount(mnt, root, opts)
 	if err != nil {
 		return ready(1, fmt.Sprintf("mount %s: %v", mnt, err))
+	}
+	// The same kernel readahead as kmsfs (fs.Mount sets it too).
+	if err := kmsfs.SetReadahead(mnt, kmsfs.ReadaheadKB); err != nil {
+		logger.Printf("loopback: %v", err)
 	}
 	logger.Printf("loopback: serving %s at %s (%s)", orig, mnt, name)
 	ready(0, "")
