@@ -282,25 +282,30 @@ func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
 	cend := min(l.BlockCipherOff(last+1), c)
 	cbuf := getBuf(int(cend - coff))
 	defer putBuf(cbuf)
-	if err := preadFull(fd, *cbuf, coff); err != nil {
+	skip := off - int64(first)*int64(l.BlockSize)
+	need := int(last-first+1) * l.BlockSize
+	out := dest
+	if skip != 0 || cap(dest) < need {
+		pbuf := getBuf(need)
+		defer putBuf(pbuf)
+		out = *pbuf
+	}
+	var m int
+	if len(*cbuf) >= pipeMin {
+		m, err = openPipelined(n.keys.cipher, l, fd, *cbuf, coff, out[:0], first)
+	} else if err = preadFull(fd, *cbuf, coff); err == nil {
+		var plain []byte
+		plain, err = n.keys.cipher.OpenBlocks(out[:0], *cbuf, first)
+		m = len(plain)
+	}
+	if err != nil {
 		return 0, fmt.Errorf("reading blocks %d-%d: %w", first, last, err)
 	}
-	skip := off - int64(first)*int64(l.BlockSize)
-	if need := int(last-first+1) * l.BlockSize; skip == 0 && cap(dest) >= need {
-		// Aligned: decrypt straight into the reply buffer.
-		plain, err := n.keys.cipher.OpenBlocks(dest[:0], *cbuf, first)
-		if err != nil {
-			return 0, err
-		}
-		return int(min(int64(len(plain)), end-off)), nil
+	if skip == 0 && cap(dest) >= need {
+		// Aligned: decrypted straight into the reply buffer.
+		return int(min(int64(m), end-off)), nil
 	}
-	pbuf := getBuf(int(last-first+1) * l.BlockSize)
-	defer putBuf(pbuf)
-	plain, err := n.keys.cipher.OpenBlocks((*pbuf)[:0], *cbuf, first)
-	if err != nil {
-		return 0, err
-	}
-	return copy(dest, plain[skip:skip+(end-off)]), nil
+	return copy(dest, out[skip:min(int64(m), skip+(end-off))]), nil
 }
 
 // readBlock decrypts block b of a file whose backing size is c.
@@ -353,7 +358,7 @@ func (n *Node) rewriteBlock(fd int, b uint64, plain []byte) error {
 	cbuf := getBuf(0)
 	defer putBuf(cbuf)
 	ct := n.keys.cipher.SealBlock((*cbuf)[:0], plain, b)
-	return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(b))
+	return n.vol.journal.pwrite(n, fd, complete(ct), l.BlockCipherOff(b))
 }
 
 // writeLocked writes data at off; n.mu is held exclusively.
@@ -396,7 +401,7 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 	if off == start && (end%B == 0 || end >= p) {
 		// Whole blocks, or a new last block: nothing old to keep, so seal
 		// straight from the request.
-		ct := n.keys.cipher.SealBlocks((*cbuf)[:0], data, first)
+		ct := sealPipelined(n.keys.cipher, l, (*cbuf)[:0], data, first)
 		return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first))
 	}
 	pbuf := getBuf(int(stop - start))
@@ -418,7 +423,7 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 		copy(plain[lastStart-start:], old)
 	}
 	copy(plain[off-start:], data)
-	ct := n.keys.cipher.SealBlocks((*cbuf)[:0], plain, first)
+	ct := sealPipelined(n.keys.cipher, l, (*cbuf)[:0], plain, first)
 	return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first))
 }
 

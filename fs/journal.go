@@ -159,17 +159,21 @@ func (j *journal) redo(v *Volume, rel string, ino uint64, fileID [16]byte, coff 
 // pwrite writes data at off of the backing file fd of node n, atomically
 // with respect to the death of the server. If the journal cannot take the
 // record (no space, say), nothing is written and the error is returned.
-func (j *journal) pwrite(n *Node, fd int, data []byte, off int64) error {
+func (j *journal) pwrite(n *Node, fd int, data *sealed, off int64) error {
 	return j.write(n, fd, data, off, false)
 }
 
 // pwriteEnd is pwrite for a write that becomes the end of the file: the
 // file is cut to end with it (truncation to a size inside a block).
 func (j *journal) pwriteEnd(n *Node, fd int, data []byte, off int64) error {
-	return j.write(n, fd, data, off, true)
+	return j.write(n, fd, complete(data), off, true)
 }
 
-func (j *journal) write(n *Node, fd int, data []byte, off int64, end bool) error {
+// write writes ct, which may still be being sealed; it returns once every
+// step of ct is sealed, whether it failed or not.
+func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error {
+	defer ct.wait()
+	data := ct.data
 	rel := n.Path(n.Root())
 	if err := reserve(fd, off, int64(len(data))); err != nil {
 		return err
@@ -180,7 +184,7 @@ func (j *journal) write(n *Node, fd int, data []byte, off int64, end bool) error
 				return err
 			}
 		}
-		return pwriteFull(fd, data, off)
+		return ct.pwrite(fd, off)
 	}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
@@ -203,6 +207,7 @@ func (j *journal) write(n *Node, fd int, data []byte, off int64, end bool) error
 	defer func() { j.free <- slot }()
 	base := int64(slot) * j.slotSize
 	if copyLen > 0 {
+		ct.wait()
 		if err := pwriteFull(j.fd, data[:copyLen], base+journalHdr); err != nil {
 			return fmt.Errorf("write journal: %w", err)
 		}
@@ -226,7 +231,7 @@ func (j *journal) write(n *Node, fd int, data []byte, off int64, end bool) error
 		err = syscall.Ftruncate(fd, off+int64(len(data)))
 	}
 	if err == nil {
-		err = pwriteFull(fd, data, off)
+		err = ct.pwrite(fd, off)
 	}
 	// Clear the record whether the write worked or not: a failed write
 	// must not be redone at the next mount.

@@ -1,0 +1,85 @@
+package fs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kmsfs/kmsfs/blockcipher"
+)
+
+// TestPipeline checks that the stepwise seal and open give exactly what
+// the one-step SealBlocks and OpenBlocks give, around step boundaries and
+// for every block size class, and that a damaged block fails the read
+// with that block's number.
+func TestPipeline(t *testing.T) {
+	for _, tc := range []struct {
+		bs, size int
+	}{
+		{4096, pipeMin - 1},
+		{4096, pipeMin},
+		{4096, pipeMin + 1},
+		{4096, 1 << 20},
+		{4096, 1<<20 + 4095},
+		{65536, 1<<20 - 7},
+		{1 << 20, 1 << 20},
+		{1 << 20, 300 << 10},
+	} {
+		t.Run(fmt.Sprintf("B=%d/size=%d", tc.bs, tc.size), func(t *testing.T) {
+			l := blockcipher.Layout{BlockSize: tc.bs, DataOffset: 4096}
+			c, err := blockcipher.New(bytes.Repeat([]byte{7}, 32), [16]byte{1, 2, 3}, l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plain := make([]byte, tc.size)
+			for i := range plain {
+				plain[i] = byte(i*7 + i/4096)
+			}
+			const first = 5
+			s := sealPipelined(c, l, nil, plain, first)
+			f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			fd := int(f.Fd())
+			coff := l.BlockCipherOff(first)
+			if err := s.pwrite(fd, coff); err != nil {
+				t.Fatalf("pwrite = %v", err)
+			}
+			s.wait()
+			if got, want := len(s.data), l.SealedSize(len(plain)); got != want {
+				t.Fatalf("sealed %d bytes, want %d", got, want)
+			}
+			// The stepwise ciphertext opens with the one-step OpenBlocks.
+			back, err := c.OpenBlocks(nil, s.data, first)
+			if err != nil || !bytes.Equal(back, plain) {
+				t.Fatalf("OpenBlocks(sealPipelined) = %d bytes, %v; want the plaintext", len(back), err)
+			}
+			cbuf := make([]byte, len(s.data))
+			out := make([]byte, 0, len(plain)+tc.bs)
+			m, err := openPipelined(c, l, fd, cbuf, coff, out, first)
+			if err != nil || m != len(plain) || !bytes.Equal(out[:m], plain) {
+				t.Fatalf("openPipelined = %d, %v; want %d bytes of plaintext", m, err, len(plain))
+			}
+			// Damage the last block: the error names it.
+			lastBlock := uint64(first + (len(plain)-1)/tc.bs)
+			at := l.BlockCipherOff(lastBlock) + 20
+			b := []byte{0}
+			if _, err := f.ReadAt(b, at); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt([]byte{b[0] ^ 1}, at); err != nil {
+				t.Fatal(err)
+			}
+			_, err = openPipelined(c, l, fd, cbuf, coff, out, first)
+			var be *blockcipher.BlockError
+			if !errors.As(err, &be) || be.Block != lastBlock || !errors.Is(err, blockcipher.ErrAuth) {
+				t.Fatalf("openPipelined of a damaged block %d = %v, want a BlockError for it", lastBlock, err)
+			}
+		})
+	}
+}
