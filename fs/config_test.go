@@ -74,6 +74,8 @@ func FuzzEncryptionContext(f *testing.F) {
 	f.Add([]byte(EncryptionContext("00112233445566778899aabbccddeeff")))
 	f.Add([]byte(`{"volume":"00112233445566778899aabbccddeeff","kmsfs":"v1"}`))
 	f.Add([]byte(`{"kmsfs":"v1"}`))
+	f.Add([]byte(EncryptionContext("00112233445566778899AABBCCDDEEFF")))
+	f.Add([]byte(EncryptionContext("0011223344556677889\\u0061aabbccddeeff")))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		vol, err := volumeFromContext(b)
 		if err != nil {

@@ -121,6 +121,14 @@ func EncryptionContext(volumeID string) []byte {
 
 // volumeFromContext extracts the volume ID from an encryption context.
 func volumeFromContext(encCtx []byte) (string, error) {
+	// The canonical form with a hex volume ID, as kmsfs writes it, without
+	// a JSON decoder: this runs for every key slot of every open.
+	const pre, suf = `{"kmsfs":"v1","volume":"`, `"}`
+	if len(encCtx) == len(pre)+32+len(suf) && string(encCtx[:len(pre)]) == pre && string(encCtx[len(pre)+32:]) == suf {
+		if id := encCtx[len(pre) : len(pre)+32]; isLowerHex(id) {
+			return string(id), nil
+		}
+	}
 	var c struct {
 		Kmsfs  string `json:"kmsfs"`
 		Volume string `json:"volume"`
@@ -132,6 +140,15 @@ func volumeFromContext(encCtx []byte) (string, error) {
 		return "", fmt.Errorf("%w: non-canonical encryption context %q", ErrBadConfig, encCtx)
 	}
 	return c.Volume, nil
+}
+
+func isLowerHex(b []byte) bool {
+	for _, c := range b {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func blockShift(bs int) (uint8, error) {
