@@ -324,12 +324,9 @@ func (n *Node) readBlock(fd int, b uint64, c int64, dst []byte) ([]byte, error) 
 	return n.keys.cipher.OpenBlock(dst[:0], *cbuf, b)
 }
 
-// ensureHeaderLocked gives a headerless (empty) file its header and keys.
-func (n *Node) ensureHeaderLocked(ctx context.Context, fd int) error {
-	_, c, err := n.sizes(fd)
-	if err != nil && !errors.Is(err, blockcipher.ErrBadCipherSize) {
-		return err
-	}
+// ensureHeaderLocked gives a headerless (empty) file its header and
+// keys; c is the backing size.
+func (n *Node) ensureHeaderLocked(ctx context.Context, fd int, c int64) error {
 	if c > 0 {
 		if n.keys == nil {
 			return n.loadKeysLocked(ctx, fd)
@@ -366,13 +363,14 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 	if len(data) == 0 {
 		return nil
 	}
-	if err := n.ensureHeaderLocked(ctx, fd); err != nil {
-		return err
-	}
 	p, c, err := n.sizes(fd)
 	if err != nil {
 		return err
 	}
+	if err := n.ensureHeaderLocked(ctx, fd, c); err != nil {
+		return err
+	}
+	c = max(c, header.Size)
 	l := n.vol.Layout
 	B := int64(l.BlockSize)
 	end := off + int64(len(data))
@@ -437,7 +435,7 @@ func (n *Node) truncateLocked(ctx context.Context, fd int, size int64) error {
 	if c == 0 && size == 0 {
 		return nil
 	}
-	if err := n.ensureHeaderLocked(ctx, fd); err != nil {
+	if err := n.ensureHeaderLocked(ctx, fd, c); err != nil {
 		return err
 	}
 	if c == 0 {
@@ -487,6 +485,7 @@ func (n *Node) truncateLocked(ctx context.Context, fd int, size int64) error {
 			return nil
 		}
 	}
+	n.holes = holesMaybe // the new part is a hole
 	if err := syscall.Ftruncate(fd, l.CipherSize(size)); err != nil {
 		return err
 	}

@@ -175,8 +175,17 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 	defer ct.wait()
 	data := ct.data
 	rel := n.Path(n.Root())
-	if err := reserve(fd, off, int64(len(data))); err != nil {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
 		return err
+	}
+	if !n.allocated(fd, &st, off, int64(len(data))) {
+		if err := reserve(fd, off, int64(len(data))); err != nil {
+			return err
+		}
+	}
+	if off > st.Size {
+		n.holes = holesMaybe // the gap before off is a hole
 	}
 	if j == nil || len(rel) > maxJournPath || int64(len(data)) > j.slotSize-journalHdr || n.keys == nil {
 		if end {
@@ -185,10 +194,6 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 			}
 		}
 		return ct.pwrite(fd, off)
-	}
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return err
 	}
 	// Copy what overwrites existing ciphertext, up to the end of the block
 	// holding the old end of file; cut back to there if the rest is lost.
@@ -239,6 +244,26 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 		err = fmt.Errorf("write journal: %w", cerr)
 	}
 	return err
+}
+
+// allocated reports whether [off, off+size) of the backing file, whose
+// stat is st, certainly has disk space already: it lies inside the file
+// and the file has no holes. Asking the file system whether it has holes
+// costs one lseek per node, instead of one fallocate per write; n.mu is
+// held exclusively.
+func (n *Node) allocated(fd int, st *syscall.Stat_t, off, size int64) bool {
+	if off+size > st.Size {
+		return false
+	}
+	if n.holes == holesUnknown {
+		// Space fallocated but not yet written also counts as a hole here:
+		// a false "maybe" only costs the fallocate calls.
+		n.holes = holesMaybe
+		if hole, err := unix.Seek(fd, 0, unix.SEEK_HOLE); err == nil && hole >= st.Size {
+			n.holes = holesNone
+		}
+	}
+	return n.holes == holesNone
 }
 
 // reserve makes sure the backing file has space for [off, off+n) before

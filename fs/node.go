@@ -33,6 +33,10 @@ type Node struct {
 	mu    sync.RWMutex
 	keys  *fileKeys // nil until loaded, or while the file has no header
 	opens int
+	// holes says whether the backing file may have holes (see
+	// Node.allocated): holesUnknown until asked, then holesNone or
+	// holesMaybe; anything that may make a hole sets holesMaybe.
+	holes holeState
 
 	// fds are the backing descriptors open on this node (file handles and
 	// directory handles). When the node's path no longer leads to it
@@ -41,6 +45,14 @@ type Node struct {
 	fdMu sync.Mutex
 	fds  map[int]struct{}
 }
+
+type holeState uint8
+
+const (
+	holesUnknown holeState = iota
+	holesNone
+	holesMaybe
+)
 
 func (n *Node) addFd(fd int) {
 	n.fdMu.Lock()
