@@ -179,7 +179,12 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if !n.allocated(fd, &st, off, int64(len(data))) {
+	// An append (nothing existing is overwritten) needs no reservation: if
+	// the disk fills up under it, the file is cut back to its old end,
+	// which is all the append changed. Leaving its space to the file
+	// system's delayed allocation keeps the file in one extent.
+	appending := off >= st.Size
+	if !appending && !n.allocated(fd, &st, off, int64(len(data))) {
 		if err := reserve(fd, off, int64(len(data))); err != nil {
 			return err
 		}
@@ -187,13 +192,22 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 	if off > st.Size {
 		n.holes = holesMaybe // the gap before off is a hole
 	}
+	writeData := func() error {
+		err := ct.pwrite(fd, off)
+		if err != nil && appending {
+			if terr := syscall.Ftruncate(fd, st.Size); terr != nil {
+				return errors.Join(err, fmt.Errorf("cutting back a failed append: %w", terr))
+			}
+		}
+		return err
+	}
 	if j == nil || len(rel) > maxJournPath || int64(len(data)) > j.slotSize-journalHdr || n.keys == nil {
 		if end {
 			if err := syscall.Ftruncate(fd, off+int64(len(data))); err != nil {
 				return err
 			}
 		}
-		return ct.pwrite(fd, off)
+		return writeData()
 	}
 	// Copy what overwrites existing ciphertext, up to the end of the block
 	// holding the old end of file; cut back to there if the rest is lost.
@@ -236,7 +250,7 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 		err = syscall.Ftruncate(fd, off+int64(len(data)))
 	}
 	if err == nil {
-		err = ct.pwrite(fd, off)
+		err = writeData()
 	}
 	// Clear the record whether the write worked or not: a failed write
 	// must not be redone at the next mount.
