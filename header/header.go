@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -184,6 +185,12 @@ func ParseCopy(b []byte) (*Copy, error) {
 	return parseCopy(b, "", 0)
 }
 
+// copyNames prefix the field names of errors in each copy.
+var copyNames = [2]string{"copy 0 ", "copy 1 "}
+
+// slotName prefixes the field names of errors in slot i.
+func slotName(i int) string { return "slot " + strconv.Itoa(i) + " " }
+
 // parseCopy parses a copy whose first byte is at offset base in the error
 // messages; prefix is prepended to field names.
 func parseCopy(b []byte, prefix string, base int) (*Copy, error) {
@@ -204,18 +211,19 @@ func parseCopy(b []byte, prefix string, base int) (*Copy, error) {
 	// Everything up to the commitment must end at or before MACOffset.
 	limit := MACOffset - commitmentSize
 	off := slotsOffset
-	// field reads a length-prefixed field of min..max bytes.
-	field := func(name string, min, max int) ([]byte, error) {
+	// field reads a length-prefixed field of min..max bytes, field name of
+	// slot i. (Names are only built for errors: this runs on every open.)
+	field := func(i int, name string, min, max int) ([]byte, error) {
 		if off+lenSize > limit {
-			return nil, parseErr(prefix+name+" length", base+off, "does not fit before the commitment")
+			return nil, parseErr(prefix+slotName(i)+name+" length", base+off, "does not fit before the commitment")
 		}
 		l := int(binary.BigEndian.Uint16(b[off:]))
 		if l < min || l > max {
-			return nil, parseErr(prefix+name+" length", base+off, "got %d, want %d..%d", l, min, max)
+			return nil, parseErr(prefix+slotName(i)+name+" length", base+off, "got %d, want %d..%d", l, min, max)
 		}
 		off += lenSize
 		if off+l > limit {
-			return nil, parseErr(prefix+name, base+off, "%d bytes do not fit before the commitment", l)
+			return nil, parseErr(prefix+slotName(i)+name, base+off, "%d bytes do not fit before the commitment", l)
 		}
 		v := b[off : off+l]
 		off += l
@@ -223,25 +231,24 @@ func parseCopy(b []byte, prefix string, base int) (*Copy, error) {
 	}
 	c.Slots = make([]Slot, n)
 	for i := range c.Slots {
-		name := fmt.Sprintf("slot %d ", i)
 		uriOff := off + lenSize
-		uri, err := field(name+"uri", 1, MaxURILen)
+		uri, err := field(i, "uri", 1, MaxURILen)
 		if err != nil {
 			return nil, err
 		}
 		if !utf8.Valid(uri) {
-			return nil, parseErr(prefix+name+"uri", base+uriOff, "not valid UTF-8")
+			return nil, parseErr(prefix+slotName(i)+"uri", base+uriOff, "not valid UTF-8")
 		}
 		for j := range i {
 			if c.Slots[j].URI == string(uri) {
-				return nil, parseErr(prefix+name+"uri", base+uriOff, "duplicate of slot %d URI %q", j, uri)
+				return nil, parseErr(prefix+slotName(i)+"uri", base+uriOff, "duplicate of slot %d URI %q", j, uri)
 			}
 		}
-		ctx, err := field(name+"context", 0, MaxContextLen)
+		ctx, err := field(i, "context", 0, MaxContextLen)
 		if err != nil {
 			return nil, err
 		}
-		wrapped, err := field(name+"wrapped key", 1, MaxWrappedLen)
+		wrapped, err := field(i, "wrapped key", 1, MaxWrappedLen)
 		if err != nil {
 			return nil, err
 		}
@@ -357,7 +364,7 @@ func Parse(b []byte) (*Header, error) {
 	h := &Header{Preamble: p}
 	for i := range h.Copies {
 		off := int(CopyOffset(i))
-		h.Copies[i], h.CopyErrs[i] = parseCopy(b[off:off+CopySize], fmt.Sprintf("copy %d ", i), off)
+		h.Copies[i], h.CopyErrs[i] = parseCopy(b[off:off+CopySize], copyNames[i], off)
 	}
 	return h, nil
 }
