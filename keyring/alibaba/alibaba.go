@@ -140,14 +140,7 @@ func (k *Keyring) checkCredentials(ctx context.Context, p credentials.Credential
 	if err == nil {
 		return nil
 	}
-	e := k.base("credentials")
-	e.Kind = keyring.ErrBadCredentials
-	e.Message = err.Error()
-	e.Hint = "set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, configure the aliyun CLI, or run on ECS with a RAM role"
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		e.Kind, e.Cause = keyring.ErrUnavailable, err
-	}
-	return &e
+	return k.base("credentials").Credentials(err, "set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, configure the aliyun CLI, or run on ECS with a RAM role")
 }
 
 // URI returns the key URI.
@@ -261,30 +254,14 @@ func (k *Keyring) Wrap(ctx context.Context, dk *keyring.Key, encCtx []byte) ([]b
 
 // plaintext decodes a base64 data key into locked memory.
 func (k *Keyring) plaintext(op, b64 string, kind error) (*keyring.Key, error) {
-	raw, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil || len(raw) != keyring.DataKeySize {
-		clear(raw)
-		e := k.base(op)
-		e.Kind = kind
-		e.Message = fmt.Sprintf("service returned a plaintext that is not a %d-byte key", keyring.DataKeySize)
-		return nil, &e
-	}
-	return keyring.NewKeyFrom(raw)
+	return cloud.DataKey(k.base(op), b64, kind)
 }
 
 func (k *Keyring) unwrapErr(msg string) error {
-	e := k.base("Decrypt")
-	e.Kind = keyring.ErrUnwrap
-	e.Message = msg
-	return &e
+	return k.base("Decrypt").With(keyring.ErrUnwrap, msg)
 }
 
-func (k *Keyring) malformed(op, what string) error {
-	e := k.base(op)
-	e.Kind = keyring.ErrUnavailable
-	e.Message = "malformed answer: " + what
-	return &e
-}
+func (k *Keyring) malformed(op, what string) error { return k.base(op).Malformed(what) }
 
 // mapErr turns an SDK error into a *cloud.Error with the matching kind.
 func (k *Keyring) mapErr(op string, err error) error {

@@ -148,14 +148,7 @@ func (k *Keyring) credentials(ctx context.Context) (*auth.BasicCredentials, erro
 		}
 		r.err = fmt.Errorf("credential chain returned %T, want basic (AK/SK) credentials", r.c)
 	}
-	e := k.base("credentials")
-	e.Kind = keyring.ErrBadCredentials
-	e.Message = r.err.Error()
-	e.Hint = "set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, write ~/.huaweicloud/credentials, or run on ECS with an agency"
-	if errors.Is(r.err, context.Canceled) || errors.Is(r.err, context.DeadlineExceeded) {
-		e.Kind, e.Cause = keyring.ErrUnavailable, r.err
-	}
-	return nil, &e
+	return nil, k.base("credentials").Credentials(r.err, "set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK, write ~/.huaweicloud/credentials, or run on ECS with an agency")
 }
 
 // URI returns the key URI.
@@ -281,27 +274,16 @@ func (k *Keyring) plaintext(op, hexKey, hexDigest string, kind error) (*keyring.
 	}
 	if bad {
 		clear(raw)
-		e := k.base(op)
-		e.Kind = kind
-		e.Message = fmt.Sprintf("service returned a data key that is not %d bytes or does not match its digest", keyring.DataKeySize)
-		return nil, &e
+		return nil, k.base(op).With(kind, fmt.Sprintf("service returned a data key that is not %d bytes or does not match its digest", keyring.DataKeySize))
 	}
 	return keyring.NewKeyFrom(raw)
 }
 
 func (k *Keyring) unwrapErr(msg string) error {
-	e := k.base("decrypt-datakey")
-	e.Kind = keyring.ErrUnwrap
-	e.Message = msg
-	return &e
+	return k.base("decrypt-datakey").With(keyring.ErrUnwrap, msg)
 }
 
-func (k *Keyring) malformed(op, what string) error {
-	e := k.base(op)
-	e.Kind = keyring.ErrUnavailable
-	e.Message = "malformed answer: " + what
-	return &e
-}
+func (k *Keyring) malformed(op, what string) error { return k.base(op).Malformed(what) }
 
 func (k *Keyring) mapErr(op string, err error) error {
 	e := k.base(op)

@@ -112,14 +112,7 @@ func (k *Keyring) credentials(ctx context.Context) (common.CredentialIface, erro
 	if r.err == nil {
 		return r.c, nil
 	}
-	e := k.base("credentials")
-	e.Kind = keyring.ErrBadCredentials
-	e.Message = r.err.Error()
-	e.Hint = "set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY, write ~/.tencentcloud/credentials, or run on CVM with a role"
-	if errors.Is(r.err, context.Canceled) || errors.Is(r.err, context.DeadlineExceeded) {
-		e.Kind, e.Cause = keyring.ErrUnavailable, r.err
-	}
-	return nil, &e
+	return nil, k.base("credentials").Credentials(r.err, "set TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY, write ~/.tencentcloud/credentials, or run on CVM with a role")
 }
 
 // URI returns the key URI.
@@ -256,31 +249,16 @@ func (k *Keyring) Wrap(ctx context.Context, dk *keyring.Key, encCtx []byte) ([]b
 	return wrapped, nil
 }
 
+// plaintext decodes a base64 data key into locked memory.
 func (k *Keyring) plaintext(op, b64 string, kind error) (*keyring.Key, error) {
-	raw, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil || len(raw) != keyring.DataKeySize {
-		clear(raw)
-		e := k.base(op)
-		e.Kind = kind
-		e.Message = fmt.Sprintf("service returned a plaintext that is not a %d-byte key", keyring.DataKeySize)
-		return nil, &e
-	}
-	return keyring.NewKeyFrom(raw)
+	return cloud.DataKey(k.base(op), b64, kind)
 }
 
 func (k *Keyring) unwrapErr(msg string) error {
-	e := k.base("Decrypt")
-	e.Kind = keyring.ErrUnwrap
-	e.Message = msg
-	return &e
+	return k.base("Decrypt").With(keyring.ErrUnwrap, msg)
 }
 
-func (k *Keyring) malformed(op, what string) error {
-	e := k.base(op)
-	e.Kind = keyring.ErrUnavailable
-	e.Message = "malformed answer: " + what
-	return &e
-}
+func (k *Keyring) malformed(op, what string) error { return k.base(op).Malformed(what) }
 
 func (k *Keyring) mapErr(op string, err error) error {
 	var ce *cloud.Error
