@@ -441,11 +441,11 @@ func keyContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), keyTimeout)
 }
 
-// loadKeysLocked reads and unlocks the header, if the file has one.
 // openReadahead is how much file content loadKeysLocked asks the kernel
 // to read along with the header.
 const openReadahead = 128 << 10
 
+// loadKeysLocked reads and unlocks the header, if the file has one.
 func (n *Node) loadKeysLocked(ctx context.Context, fd int) error {
 	ctx, cancel := keyContext(ctx)
 	defer cancel()
