@@ -224,6 +224,26 @@ func (n *Node) sizes(fd int) (plain, cipher int64, err error) {
 	return p, st.Size, err
 }
 
+// preadAll reads into buf from off until buf is full or the file ends,
+// and returns how many bytes it read.
+func preadAll(fd int, buf []byte, off int64) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := syscall.Pread(fd, buf[n:], off+int64(n))
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return n, nil
+}
+
 func preadFull(fd int, buf []byte, off int64) error {
 	for len(buf) > 0 {
 		m, err := syscall.Pread(fd, buf, off)

@@ -447,45 +447,52 @@ const openReadahead = 128 << 10
 
 // loadKeysLocked reads and unlocks the header, if the file has one.
 func (n *Node) loadKeysLocked(ctx context.Context, fd int) error {
-	ctx, cancel := keyContext(ctx)
-	defer cancel()
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Size == 0 {
-		return nil
-	}
-	if st.Size < header.Size {
-		return errors.Join(ErrCorrupt, errors.New("backing file shorter than its header"))
-	}
-	// Ask for the header and the first blocks in one disk read: a reader
-	// of the file comes for them next, and the kernel's readahead for a
-	// lone header read would stop short of them.
-	unix.Fadvise(fd, 0, min(st.Size, header.Size+openReadahead), unix.FADV_WILLNEED)
-	buf := make([]byte, header.Size)
-	// Reading the header is not an access by the user: keep atime as is
-	// (O_NOATIME needs ownership or CAP_FOWNER; without it atime moves).
-	fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	_, e := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME)
-	noatime := e == nil
-	err := preadFull(fd, buf, 0)
-	if noatime {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
-	}
-	if err != nil {
-		return err
-	}
-	h, err := header.Parse(buf)
-	if err != nil {
-		return errors.Join(ErrCorrupt, err)
-	}
-	fk, err := n.vol.unlock(ctx, h, n.relPath())
+	fk, err := n.vol.openKeys(ctx, fd, n.relPath)
 	if err != nil {
 		return err
 	}
 	n.keys = fk
 	return nil
+}
+
+// headerPool recycles the buffers headers are read into (Parse copies
+// what it keeps).
+var headerPool = sync.Pool{New: func() any { return new([header.Size]byte) }}
+
+// openKeys reads and unlocks the header of the backing file fd: nil keys
+// for an empty file (it has no header yet). name names the file in errors
+// and log lines; it is called only for them.
+func (v *Volume) openKeys(ctx context.Context, fd int, name func() string) (*fileKeys, error) {
+	// Ask for the header and the first blocks in one disk read: a reader
+	// of the file comes for them next, and the kernel's readahead for a
+	// lone header read would stop short of them.
+	unix.Fadvise(fd, 0, header.Size+openReadahead, unix.FADV_WILLNEED)
+	buf := headerPool.Get().(*[header.Size]byte)
+	defer headerPool.Put(buf)
+	// Reading the header is not an access by the user: keep atime as is
+	// (O_NOATIME needs ownership or CAP_FOWNER; without it atime moves).
+	fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	_, e := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME)
+	noatime := e == nil
+	n, err := preadAll(fd, buf[:], 0)
+	if noatime {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+	}
+	switch {
+	case err != nil:
+		return nil, err
+	case n == 0:
+		return nil, nil // no header yet
+	case n < header.Size:
+		return nil, errors.Join(ErrCorrupt, errors.New("backing file shorter than its header"))
+	}
+	h, err := header.Parse(buf[:])
+	if err != nil {
+		return nil, errors.Join(ErrCorrupt, err)
+	}
+	ctx, cancel := keyContext(ctx)
+	defer cancel()
+	return v.unlock(ctx, h, name())
 }
 
 // OpendirHandle opens a directory with a descriptor of its own (so the

@@ -148,7 +148,7 @@ func (v *Volume) rewrapFile(ctx context.Context, path string, keys []string, mem
 	if err != nil {
 		return false, true, errors.Join(ErrCorrupt, err)
 	}
-	u, err := v.unlockDK(ctx, h, path)
+	u, err := v.unlockDK(ctx, h, path, nil)
 	if err != nil {
 		return false, true, err
 	}

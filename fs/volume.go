@@ -502,20 +502,22 @@ func (v *Volume) Stats() Stats {
 // used in errors and log lines. Slots of local keys are tried first
 // (cheap); a slot that fails is logged and the next is tried.
 func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fileKeys, error) {
-	u, err := v.unlockDK(ctx, h, name)
-	if err != nil {
-		return nil, err
-	}
-	defer u.dk.Destroy()
-	fk, err := newFileKeysFrom(u.dk, h.Preamble.FileID, v.Layout)
+	ck, err := keyring.NewKey()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	fk.volume = u.volume
-	fk.hdr = h
-	fk.accepted = u.accepted
-	fk.slot = u.slot
-	return fk, nil
+	u, err := v.unlockDK(ctx, h, name, ck.Bytes())
+	if err != nil {
+		ck.Destroy()
+		return nil, err
+	}
+	u.dk.Destroy()
+	c, err := blockcipher.New(ck.Bytes(), h.Preamble.FileID, v.Layout)
+	if err != nil {
+		ck.Destroy()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &fileKeys{fileID: h.Preamble.FileID, ck: ck, cipher: c, volume: u.volume, hdr: h, accepted: u.accepted, slot: u.slot}, nil
 }
 
 // unlocked is an authenticated header copy and its data key.
@@ -527,8 +529,9 @@ type unlocked struct {
 }
 
 // unlockDK finds a key slot of h that opens and authenticates it and
-// returns the data key; the caller destroys it.
-func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string) (*unlocked, error) {
+// returns the data key; the caller destroys it. If ck is not nil, the
+// file's content key is written into it.
+func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string, ck []byte) (*unlocked, error) {
 	if h.Preamble.BlockSize() != v.Layout.BlockSize {
 		return nil, fmt.Errorf("%s: %w: block size %d, volume uses %d", name, ErrCorrupt, h.Preamble.BlockSize(), v.Layout.BlockSize)
 	}
@@ -581,7 +584,7 @@ func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string) (*
 				}
 				unwrapped[id] = dk
 			}
-			if err := header.VerifyCopy(h.Preamble, c, dk.Bytes()); err != nil {
+			if err := header.UnlockCopy(h.Preamble, c, dk.Bytes(), ck); err != nil {
 				hdrErrs = append(hdrErrs, fmt.Errorf("header copy %d: %w", ci, err))
 				break // the other slots of this copy hold the same key
 			}

@@ -384,6 +384,22 @@ func TestVerifyCopy(t *testing.T) {
 			if err := VerifyCopy(tt.p, tt.c, tt.key); !errors.Is(err, tt.want) || (err == nil) != (tt.want == nil) {
 				t.Errorf("VerifyCopy() = %v, want %v", err, tt.want)
 			}
+			// UnlockCopy decides the same, and hands out the content key
+			// only for a valid copy.
+			var ck [KeySize]byte
+			err := UnlockCopy(tt.p, tt.c, tt.key, ck[:])
+			if !errors.Is(err, tt.want) || (err == nil) != (tt.want == nil) {
+				t.Errorf("UnlockCopy() = %v, want %v", err, tt.want)
+			}
+			var want [KeySize]byte
+			if err == nil {
+				if err := Derive(want[:], tt.key, tt.p.FileID, ContentKey); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if ck != want {
+				t.Errorf("UnlockCopy() content key = %x, want %x", ck, want)
+			}
 		})
 	}
 	if err := VerifyCopy(h.Preamble, c, testKey[:31]); err == nil || errors.Is(err, ErrWrongKey) {

@@ -1,11 +1,12 @@
 package header
 
 import (
-	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"hash"
+	"sync"
 )
 
 // Purpose selects which key Derive produces from a data key.
@@ -20,17 +21,19 @@ const (
 	Commitment
 )
 
+// infos are the HKDF info strings of the purposes, by Purpose.
+var infos = [...][]byte{
+	ContentKey: []byte("kmsfs v1 content key"),
+	MACKey:     []byte("kmsfs v1 header mac"),
+	Commitment: []byte("kmsfs v1 key commitment"),
+}
+
 // info returns the HKDF info string of the purpose.
-func (p Purpose) info() (string, error) {
-	switch p {
-	case ContentKey:
-		return "kmsfs v1 content key", nil
-	case MACKey:
-		return "kmsfs v1 header mac", nil
-	case Commitment:
-		return "kmsfs v1 key commitment", nil
+func (p Purpose) info() ([]byte, error) {
+	if p < 0 || int(p) >= len(infos) {
+		return nil, fmt.Errorf("unknown purpose %d", int(p))
 	}
-	return "", fmt.Errorf("unknown purpose %d", int(p))
+	return infos[p], nil
 }
 
 // String returns the name of the purpose.
@@ -51,39 +54,74 @@ func (p Purpose) String() string {
 // dst and dataKey must be KeySize bytes. The intermediate copies Derive
 // makes on the heap are wiped before it returns.
 func Derive(dst, dataKey []byte, fileID [FileIDSize]byte, p Purpose) error {
-	if len(dst) != KeySize {
-		return fmt.Errorf("header: derive %v: destination is %d bytes, want %d", p, len(dst), KeySize)
-	}
-	if len(dataKey) != KeySize {
-		return fmt.Errorf("header: derive %v: data key is %d bytes, want %d", p, len(dataKey), KeySize)
-	}
-	info, err := p.info()
+	d, err := newDeriver(dataKey, fileID)
 	if err != nil {
+		return fmt.Errorf("header: derive %v: %w", p, err)
+	}
+	if err := d.derive(dst, p); err != nil {
 		return fmt.Errorf("header: derive: %w", err)
 	}
-	prk, err := hkdf.Extract(sha256.New, dataKey, fileID[:])
-	if err != nil {
-		return fmt.Errorf("header: derive %v: extract: %w", p, err)
-	}
-	defer clear(prk)
-	out, err := hkdf.Expand(sha256.New, prk, info, KeySize)
-	if err != nil {
-		return fmt.Errorf("header: derive %v: expand: %w", p, err)
-	}
-	copy(dst, out)
-	clear(out)
 	return nil
 }
 
+// deriver derives several of one file's keys from a single HKDF-Extract.
+// Every key is KeySize = 32 bytes, one SHA-256 output, so its
+// HKDF-Expand is the single HMAC(PRK, info || 0x01) (RFC 5869, section
+// 2.3): the keys share the PRK and one keyed HMAC, which Reset rewinds.
+type deriver struct {
+	h hash.Hash // HMAC-SHA256 keyed with the PRK
+}
+
+func newDeriver(dataKey []byte, fileID [FileIDSize]byte) (*deriver, error) {
+	if len(dataKey) != KeySize {
+		return nil, fmt.Errorf("data key is %d bytes, want %d", len(dataKey), KeySize)
+	}
+	// HKDF-Extract(salt = file ID, IKM = data key) = HMAC(salt, IKM).
+	var prk [sha256.Size]byte
+	defer clear(prk[:])
+	x := hmac.New(sha256.New, fileID[:])
+	x.Write(dataKey)
+	x.Sum(prk[:0])
+	return &deriver{h: hmac.New(sha256.New, prk[:])}, nil
+}
+
+// expandSuffix ends the one-block HKDF-Expand input: the block counter.
+var expandSuffix = []byte{1}
+
+// derive writes the key for purpose p into dst, which must be KeySize
+// bytes.
+func (d *deriver) derive(dst []byte, p Purpose) error {
+	if len(dst) != KeySize {
+		return fmt.Errorf("%v: destination is %d bytes, want %d", p, len(dst), KeySize)
+	}
+	info, err := p.info()
+	if err != nil {
+		return err
+	}
+	var out [sha256.Size]byte
+	defer clear(out[:])
+	d.h.Reset()
+	d.h.Write(info)
+	d.h.Write(expandSuffix)
+	d.h.Sum(out[:0])
+	copy(dst, out[:])
+	return nil
+}
+
+// copyBufs recycles the buffers copyMAC marshals copies into (a reader
+// MACs a copy on every open).
+var copyBufs = sync.Pool{New: func() any { return new([CopySize]byte) }}
+
 // copyMAC computes HMAC(MK, preamble || copy[0:MACOffset]) into mac.
-func copyMAC(mac *[32]byte, p Preamble, c *Copy, dataKey []byte) error {
-	var buf [CopySize]byte
+func copyMAC(mac *[32]byte, p Preamble, c *Copy, d *deriver) error {
+	buf := copyBufs.Get().(*[CopySize]byte)
+	defer copyBufs.Put(buf)
 	if err := c.MarshalTo(buf[:]); err != nil {
 		return err
 	}
 	var mk [KeySize]byte
 	defer clear(mk[:])
-	if err := Derive(mk[:], dataKey, p.FileID, MACKey); err != nil {
+	if err := d.derive(mk[:], MACKey); err != nil {
 		return err
 	}
 	h := hmac.New(sha256.New, mk[:])
@@ -98,10 +136,18 @@ func copyMAC(mac *[32]byte, p Preamble, c *Copy, dataKey []byte) error {
 // derived from dataKey and p.FileID, and the MAC over the preamble and the
 // first MACOffset bytes of the marshalled copy.
 func SealCopy(p Preamble, c *Copy, dataKey []byte) error {
-	if err := Derive(c.Commitment[:], dataKey, p.FileID, Commitment); err != nil {
+	d, err := newDeriver(dataKey, p.FileID)
+	if err != nil {
 		return fmt.Errorf("header: seal copy: %w", err)
 	}
-	if err := copyMAC(&c.MAC, p, c, dataKey); err != nil {
+	return sealCopy(p, c, d)
+}
+
+func sealCopy(p Preamble, c *Copy, d *deriver) error {
+	if err := d.derive(c.Commitment[:], Commitment); err != nil {
+		return fmt.Errorf("header: seal copy: %w", err)
+	}
+	if err := copyMAC(&c.MAC, p, c, d); err != nil {
 		return fmt.Errorf("header: seal copy: %w", err)
 	}
 	return nil
@@ -112,18 +158,36 @@ func SealCopy(p Preamble, c *Copy, dataKey []byte) error {
 // one the file was written with) and ErrTampered if the commitment matches
 // but the MAC does not. Both comparisons are constant time.
 func VerifyCopy(p Preamble, c *Copy, dataKey []byte) error {
+	return UnlockCopy(p, c, dataKey, nil)
+}
+
+// UnlockCopy verifies c under dataKey as VerifyCopy does and, if it is
+// valid and contentKey is not nil, writes the file's content key (Derive
+// with ContentKey) into contentKey, which must then be KeySize bytes. It
+// spends one key derivation where VerifyCopy and Derive would spend two:
+// a reader calls it on every open.
+func UnlockCopy(p Preamble, c *Copy, dataKey, contentKey []byte) error {
+	d, err := newDeriver(dataKey, p.FileID)
+	if err != nil {
+		return fmt.Errorf("header: verify copy: %w", err)
+	}
 	var want [32]byte
-	if err := Derive(want[:], dataKey, p.FileID, Commitment); err != nil {
+	if err := d.derive(want[:], Commitment); err != nil {
 		return fmt.Errorf("header: verify copy: %w", err)
 	}
 	if subtle.ConstantTimeCompare(want[:], c.Commitment[:]) != 1 {
 		return fmt.Errorf("header: verify copy (sequence %d): %w", c.Seq, ErrWrongKey)
 	}
-	if err := copyMAC(&want, p, c, dataKey); err != nil {
+	if err := copyMAC(&want, p, c, d); err != nil {
 		return fmt.Errorf("header: verify copy: %w", err)
 	}
 	if !hmac.Equal(want[:], c.MAC[:]) {
 		return fmt.Errorf("header: verify copy (sequence %d): %w", c.Seq, ErrTampered)
+	}
+	if contentKey != nil {
+		if err := d.derive(contentKey, ContentKey); err != nil {
+			return fmt.Errorf("header: unlock copy: %w", err)
+		}
 	}
 	return nil
 }
