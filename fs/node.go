@@ -420,8 +420,9 @@ func (n *Node) release(fd int) {
 	defer n.mu.Unlock()
 	n.opens--
 	if n.opens == 0 {
-		if k := n.keys; k != nil && k.slot.URI != "" {
-			// The cached data key lives on for its TTL from now.
+		if k := n.keys; k != nil && k.slot.URI != "" && !isLocal(k.slot.URI) {
+			// The cached data key lives on for its TTL from now (local
+			// keys are never cached).
 			n.vol.res.Cache().Touch(n.vol.aliasOf(k.slot.URI), k.slot.Wrapped, k.slot.Context)
 		}
 		n.keys.destroy()
@@ -490,9 +491,9 @@ func (v *Volume) openKeys(ctx context.Context, fd int, name func() string) (*fil
 	if err != nil {
 		return nil, errors.Join(ErrCorrupt, err)
 	}
-	ctx, cancel := keyContext(ctx)
-	defer cancel()
-	return v.unlock(ctx, h, name())
+	// Detached as keyContext explains; unwrapSlot bounds the calls that
+	// can hang (a timer per open costs more than a local unwrap).
+	return v.unlock(context.WithoutCancel(ctx), h, name())
 }
 
 // OpendirHandle opens a directory with a descriptor of its own (so the

@@ -609,8 +609,14 @@ func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string, ck
 }
 
 // unwrapSlot unwraps the data key of slot s with its own key, or failing
-// that with an extra key of the same scheme.
+// that with an extra key of the same scheme. Calls to a key service end
+// within keyTimeout; local keys need no timer.
 func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, error) {
+	if !isLocal(s.URI) {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, keyTimeout)
+		defer cancel()
+	}
 	var errs []error
 	try := func(uri string) *keyring.Key {
 		kr, err := v.res.Get(ctx, uri)
@@ -678,17 +684,23 @@ func (v *Volume) aliasOf(uri string) string {
 	return uri
 }
 
-// orderSlots puts local keys (no network) first, keeping the order
-// otherwise.
+// isLocal reports whether uri names a key of the embedded local keyring
+// (no network).
+func isLocal(uri string) bool { return strings.HasPrefix(uri, "local:") }
+
+// orderSlots puts local keys first, keeping the order otherwise.
 func orderSlots(s []header.Slot) []header.Slot {
+	if len(s) == 1 {
+		return s
+	}
 	out := make([]header.Slot, 0, len(s))
 	for _, x := range s {
-		if strings.HasPrefix(x.URI, "local:") {
+		if isLocal(x.URI) {
 			out = append(out, x)
 		}
 	}
 	for _, x := range s {
-		if !strings.HasPrefix(x.URI, "local:") {
+		if !isLocal(x.URI) {
 			out = append(out, x)
 		}
 	}
