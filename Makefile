@@ -122,7 +122,7 @@ vulncheck:
 
 test: deps vet fmt-check unit integration fuzz vulncheck
 
-# bench runs the end-to-end benchmarks as root (~20 min; BENCH_FLAGS=--quick
+# bench runs the end-to-end benchmarks as root (~30 min; BENCH_FLAGS=--quick
 # for a 3-minute run) and rewrites docs/PERFORMANCE.md and
 # docs/performance.png; then the key service costs (tests/bench/keylife)
 # and the block cipher micro-benchmarks.

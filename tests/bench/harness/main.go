@@ -45,7 +45,7 @@ Relative paths are taken from the repository root.
 Options:
     --quick              a short run: 1 repetition, 256 MiB sequential file,
                          64 MiB fio files, 5 s fio runs
-    --reps N             repetitions (default 3)
+    --reps N             repetitions (default 5: the disk of a VM is noisy)
     --seq-mib N          size of the sequential file in MiB (default 1024)
     --fio-mib N          size of each fio job's file in MiB (default 256)
     --fio-runtime S      seconds per fio run (default 15)
@@ -95,7 +95,7 @@ func parseOptions(args []string) (*options, error) {
 	fl := flag.NewFlagSet("harness", flag.ContinueOnError)
 	fl.SetOutput(io.Discard)
 	fl.BoolVar(&o.quick, "quick", false, "")
-	fl.IntVar(&o.reps, "reps", 3, "")
+	fl.IntVar(&o.reps, "reps", 5, "")
 	fl.IntVar(&o.seqMiB, "seq-mib", 1024, "")
 	fl.IntVar(&o.fioMiB, "fio-mib", 256, "")
 	fl.IntVar(&o.fioRuntime, "fio-runtime", 15, "")
