@@ -380,6 +380,7 @@ func (n *Node) rewriteBlock(fd int, b uint64, plain []byte) error {
 
 // writeLocked writes data at off; n.mu is held exclusively.
 func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) error {
+	n.seenOK = false
 	if len(data) == 0 {
 		return nil
 	}
@@ -447,6 +448,7 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 
 // truncateLocked sets the plaintext size; n.mu is held exclusively.
 func (n *Node) truncateLocked(ctx context.Context, fd int, size int64) error {
+	n.seenOK = false
 	p, c, err := n.sizes(fd)
 	if err != nil && !errors.Is(err, blockcipher.ErrBadCipherSize) {
 		return err

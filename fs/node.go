@@ -37,6 +37,10 @@ type Node struct {
 	// Node.allocated): holesUnknown until asked, then holesNone or
 	// holesMaybe; anything that may make a hole sets holesMaybe.
 	holes holeState
+	// seen is the backing file as an open last found it; seenOK is
+	// cleared by every change made through kmsfs since (see keepCache).
+	seen   fileStamp
+	seenOK bool
 
 	// fds are the backing descriptors open on this node (file handles and
 	// directory handles). When the node's path no longer leads to it
@@ -47,6 +51,18 @@ type Node struct {
 }
 
 type holeState uint8
+
+// fileStamp identifies one state of a backing file: any change of its
+// content moves its ctime (which no one can set back) or its size, and
+// a file put in its place has another inode number.
+type fileStamp struct {
+	ino, size    int64
+	ctime, mtime syscall.Timespec
+}
+
+func stampOf(st *syscall.Stat_t) fileStamp {
+	return fileStamp{ino: int64(st.Ino), size: st.Size, ctime: st.Ctim, mtime: st.Mtim}
+}
 
 const (
 	holesUnknown holeState = iota
@@ -357,7 +373,34 @@ func (n *Node) newHandle(ctx context.Context, fd int, flags uint32) (gofs.FileHa
 			return nil, 0, n.errno("open with O_TRUNC", err)
 		}
 	}
-	return f, 0, 0
+	var fuseFlags uint32
+	if n.keepCache(fd) {
+		fuseFlags = fuse.FOPEN_KEEP_CACHE
+	}
+	return f, fuseFlags, 0
+}
+
+// keepCache reports whether the kernel may keep what it caches of this
+// file's plaintext across this open (FOPEN_KEEP_CACHE) instead of
+// dropping it: only if the backing file is just as the previous open
+// found it and nothing changed it through kmsfs since. What the kernel
+// caches is then still what the file holds; a change behind the mount's
+// back (another mount of the backing directory, a sync tool, a restore)
+// moves the stamp and the next open drops the cache. Changes through
+// kmsfs clear seenOK instead of updating the stamp: the kernel's copy of
+// a failed write is not trusted.
+func (n *Node) keepCache(fd int) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var st syscall.Stat_t
+	if syscall.Fstat(fd, &st) != nil {
+		n.seenOK = false
+		return false
+	}
+	s := stampOf(&st)
+	keep := n.seenOK && n.seen == s
+	n.seen, n.seenOK = s, true
+	return keep
 }
 
 // Create creates a regular file. Its header (and data key) is written

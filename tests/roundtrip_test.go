@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -1083,4 +1084,58 @@ func sysReadOnly() bool {
 		}
 	}
 	return false
+}
+
+// TestKeepCache checks that a file opened again, unchanged, keeps its
+// plaintext in the kernel's page cache (no round trip to the daemon for
+// what was read before), and that a change made behind the mount, in the
+// backing directory, is what the next open reads, not the cached pages.
+func TestKeepCache(t *testing.T) {
+	v := newVolume(t)
+	before, after := pattern("keep-before", 64<<10), pattern("keep-after", 64<<10)
+	writeFile(t, v.path("f"), before)
+	writeFile(t, v.path("g"), after)
+	// The open after a write drops the cache; this read fills it again.
+	checkContent(t, v.path("f"), before, v.blockSize)
+	if got, want := residentPages(t, v.path("f")), len(before)/os.Getpagesize(); got != want {
+		t.Errorf("after reopening an unchanged file, %d of its %d pages are in the page cache, want all", got, want)
+	}
+	// Behind the mount: g's ciphertext overwrites f's in place (same inode,
+	// same size), as a sync tool or a second mount would.
+	cg, err := os.ReadFile(v.backing("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(v.backing("f"), cg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, v.path("f"), after, v.blockSize)
+}
+
+// residentPages opens path and counts its pages in the page cache.
+func residentPages(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mmap %s = %v", path, err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatalf("mincore %s = %v", path, e)
+	}
+	n := 0
+	for _, b := range vec {
+		n += int(b & 1)
+	}
+	return n
 }

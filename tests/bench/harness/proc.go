@@ -189,8 +189,60 @@ func mountAt(dir string) (mountEntry, bool) {
 }
 
 // dropCaches writes back dirty data and empties the page, dentry and
-// inode caches of the whole machine.
+// inode caches of the whole machine, then waits for the disk to settle.
 func dropCaches() error {
 	unix.Sync()
-	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0)
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		return err
+	}
+	settle()
+	return nil
+}
+
+// How long the disks must be idle before a timed step, and the longest
+// settle waits for that.
+const (
+	quietFor  = 2 * time.Second
+	settleMax = 30 * time.Second
+)
+
+// settle waits until no disk has read or written a sector for quietFor
+// (at most settleMax). Writeback of the previous step, or the journal of
+// a delete, would otherwise land in the next timed step, whichever
+// configuration that is; the quiet time also lets a VM's host finish
+// writing what the guest already flushed.
+func settle() {
+	deadline := time.Now().Add(settleMax)
+	prev := diskSectors()
+	for quiet := time.Duration(0); quiet < quietFor && time.Now().Before(deadline); {
+		time.Sleep(quietFor / 8)
+		cur := diskSectors()
+		if cur == prev {
+			quiet += quietFor / 8
+		} else {
+			quiet = 0
+		}
+		prev = cur
+	}
+}
+
+// diskSectors returns the sectors read and written so far by every block
+// device (/proc/diskstats), or 0 if it cannot tell.
+func diskSectors() uint64 {
+	b, err := os.ReadFile("/proc/diskstats")
+	if err != nil {
+		return 0
+	}
+	var sum uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 10 {
+			continue
+		}
+		for _, i := range []int{5, 9} { // sectors read, sectors written
+			n, _ := strconv.ParseUint(f[i], 10, 64)
+			sum += n
+		}
+	}
+	return sum
 }

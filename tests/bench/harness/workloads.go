@@ -106,6 +106,7 @@ func (r *runner) seqPass(c *fsConfig, rep int, size int64, name string) (w, rd s
 	}
 	os.Remove(file)
 	unix.Sync()
+	settle()
 	err = r.profiled(c, name+"-write", func() error {
 		cpu0 := c.cpu()
 		d, err := r.command(c, nil, "dd", "if=/dev/zero", "of="+file, "bs=1M",
@@ -186,6 +187,10 @@ func (r *runner) fio(c *fsConfig, rep int, v fioVariant) error {
 	if err := r.mountC(c); err != nil {
 		return err
 	}
+	// Another configuration's random writes may still be on their way
+	// to the disk.
+	unix.Sync()
+	settle()
 	out := filepath.Join(r.work, "fio-"+v.key+".json")
 	argv := []string{"fio", "--name=rand", "--directory=" + dir, "--rw=" + v.rw, "--bs=4k",
 		fmt.Sprintf("--size=%dm", r.o.fioMiB), fmt.Sprintf("--numjobs=%d", v.jobs),
@@ -327,6 +332,7 @@ func (r *runner) treeCopy(c *fsConfig, rep int) error {
 		}
 	}
 	unix.Sync()
+	settle()
 	var tcp time.Duration
 	err := r.profiled(c, "tree-cp", func() error {
 		var err error
@@ -388,6 +394,7 @@ func (r *runner) treeRemove(c *fsConfig, rep int) error {
 		return err
 	}
 	unix.Sync()
+	settle()
 	trm, err := r.command(c, nil, "rm", "-rf", dst)
 	if err != nil {
 		return err
