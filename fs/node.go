@@ -52,6 +52,12 @@ type Node struct {
 
 type holeState uint8
 
+const (
+	holesUnknown holeState = iota
+	holesNone
+	holesMaybe
+)
+
 // fileStamp identifies one state of a backing file: any change of its
 // content moves its ctime (which no one can set back) or its size, and
 // a file put in its place has another inode number.
@@ -63,12 +69,6 @@ type fileStamp struct {
 func stampOf(st *syscall.Stat_t) fileStamp {
 	return fileStamp{ino: int64(st.Ino), size: st.Size, ctime: st.Ctim, mtime: st.Mtim}
 }
-
-const (
-	holesUnknown holeState = iota
-	holesNone
-	holesMaybe
-)
 
 func (n *Node) addFd(fd int) {
 	n.fdMu.Lock()
