@@ -446,14 +446,32 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 func (n *Node) acquire(ctx context.Context, fd int) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.keys == nil {
+	if n.keys == nil || n.replacedLocked(fd) {
+		old := n.keys
 		if err := n.loadKeysLocked(ctx, fd); err != nil {
 			return n.errno("open", err)
+		}
+		if old != n.keys {
+			old.destroy()
 		}
 	}
 	n.opens++
 	n.addFd(fd)
 	return 0
+}
+
+// replacedLocked reports whether the backing file now holds another
+// kmsfs file than the one whose keys are loaded: its content was replaced
+// in place behind the mount (a sync tool, a restore) while a handle was
+// still open, or while the kernel had yet to release the last one. The
+// file ID in the preamble tells.
+func (n *Node) replacedLocked(fd int) bool {
+	var pre [header.PreambleSize]byte
+	if m, err := preadAll(fd, pre[:], 0); err != nil || m < len(pre) {
+		return false
+	}
+	p, err := header.ParsePreamble(pre[:])
+	return err == nil && p.FileID != n.keys.fileID
 }
 
 // release drops the handle on fd; the last one wipes the file's keys.

@@ -51,8 +51,9 @@ func (p Purpose) String() string {
 
 // Derive writes the KeySize-byte key for purpose p, derived from the data
 // key and the file ID with HKDF-SHA256 (docs/FORMAT.md "Keys"), into dst.
-// dst and dataKey must be KeySize bytes. The intermediate copies Derive
-// makes on the heap are wiped before it returns.
+// dst and dataKey must be KeySize bytes. The PRK and output buffers are
+// wiped before it returns; the keyed HMAC states inside Go's crypto
+// cannot be (docs/SECURITY.md, "Keys in memory").
 func Derive(dst, dataKey []byte, fileID [FileIDSize]byte, p Purpose) error {
 	d, err := newDeriver(dataKey, fileID)
 	if err != nil {

@@ -1089,7 +1089,9 @@ func sysReadOnly() bool {
 // TestKeepCache checks that a file opened again, unchanged, keeps its
 // plaintext in the kernel's page cache (no round trip to the daemon for
 // what was read before), and that a change made behind the mount, in the
-// backing directory, is what the next open reads, not the cached pages.
+// backing directory, is what the next open reads: not the cached pages,
+// and not through the keys of the file it replaced, even while that one
+// is still open.
 func TestKeepCache(t *testing.T) {
 	v := newVolume(t)
 	before, after := pattern("keep-before", 64<<10), pattern("keep-after", 64<<10)
@@ -1101,7 +1103,13 @@ func TestKeepCache(t *testing.T) {
 		t.Errorf("after reopening an unchanged file, %d of its %d pages are in the page cache, want all", got, want)
 	}
 	// Behind the mount: g's ciphertext overwrites f's in place (same inode,
-	// same size), as a sync tool or a second mount would.
+	// same size), as a sync tool or a second mount would, while f is still
+	// open on the mount (the kernel releases a closed file later, too).
+	held, err := os.Open(v.path("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
 	cg, err := os.ReadFile(v.backing("g"))
 	if err != nil {
 		t.Fatal(err)
