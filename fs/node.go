@@ -460,6 +460,19 @@ func (n *Node) acquire(ctx context.Context, fd int) syscall.Errno {
 	return 0
 }
 
+// preadHead reads the start of the backing file into buf. Reading the
+// header is not an access by the user: atime stays as it is (O_NOATIME
+// needs ownership or CAP_FOWNER; without it atime moves).
+func preadHead(fd int, buf []byte) (int, error) {
+	fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	_, e := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME)
+	n, err := preadAll(fd, buf, 0)
+	if e == nil {
+		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+	}
+	return n, err
+}
+
 // replacedLocked reports whether the backing file now holds another
 // kmsfs file than the one whose keys are loaded: its content was replaced
 // in place behind the mount (a sync tool, a restore) while a handle was
@@ -467,7 +480,7 @@ func (n *Node) acquire(ctx context.Context, fd int) syscall.Errno {
 // file ID in the preamble tells.
 func (n *Node) replacedLocked(fd int) bool {
 	var pre [header.PreambleSize]byte
-	if m, err := preadAll(fd, pre[:], 0); err != nil || m < len(pre) {
+	if m, err := preadHead(fd, pre[:]); err != nil || m < len(pre) {
 		return false
 	}
 	p, err := header.ParsePreamble(pre[:])
@@ -531,15 +544,7 @@ func (v *Volume) openKeys(ctx context.Context, fd int, name func() string) (*fil
 	unix.Fadvise(fd, 0, header.Size+openReadahead, unix.FADV_WILLNEED)
 	buf := headerPool.Get().(*[header.Size]byte)
 	defer headerPool.Put(buf)
-	// Reading the header is not an access by the user: keep atime as is
-	// (O_NOATIME needs ownership or CAP_FOWNER; without it atime moves).
-	fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	_, e := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_NOATIME)
-	noatime := e == nil
-	n, err := preadAll(fd, buf[:], 0)
-	if noatime {
-		unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
-	}
+	n, err := preadHead(fd, buf[:])
 	switch {
 	case err != nil:
 		return nil, err
