@@ -244,22 +244,13 @@ func preadAll(fd int, buf []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// preadFull fills buf from off; a file that ends first is an error.
 func preadFull(fd int, buf []byte, off int64) error {
-	for len(buf) > 0 {
-		m, err := syscall.Pread(fd, buf, off)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if m == 0 {
-			return io.ErrUnexpectedEOF
-		}
-		buf = buf[m:]
-		off += int64(m)
+	n, err := preadAll(fd, buf, off)
+	if err == nil && n < len(buf) {
+		err = io.ErrUnexpectedEOF
 	}
-	return nil
+	return err
 }
 
 func pwriteFull(fd int, buf []byte, off int64) error {

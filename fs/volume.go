@@ -436,11 +436,19 @@ func (fk *fileKeys) destroy() {
 }
 
 func newFileKeysFrom(dk *keyring.Key, fileID [16]byte, l blockcipher.Layout) (*fileKeys, error) {
+	return newFileKeysWith(fileID, l, func(ck []byte) error {
+		return header.Derive(ck, dk.Bytes(), fileID, header.ContentKey)
+	})
+}
+
+// newFileKeysWith returns the keys of file fileID with the content key
+// that fill writes into locked memory.
+func newFileKeysWith(fileID [16]byte, l blockcipher.Layout, fill func(ck []byte) error) (*fileKeys, error) {
 	ck, err := keyring.NewKey()
 	if err != nil {
 		return nil, err
 	}
-	if err := header.Derive(ck.Bytes(), dk.Bytes(), fileID, header.ContentKey); err != nil {
+	if err := fill(ck.Bytes()); err != nil {
 		ck.Destroy()
 		return nil, err
 	}
@@ -502,22 +510,23 @@ func (v *Volume) Stats() Stats {
 // used in errors and log lines. Slots of local keys are tried first
 // (cheap); a slot that fails is logged and the next is tried.
 func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fileKeys, error) {
-	ck, err := keyring.NewKey()
-	if err != nil {
+	var u *unlocked
+	var dkErr error
+	fk, err := newFileKeysWith(h.Preamble.FileID, v.Layout, func(ck []byte) error {
+		u, dkErr = v.unlockDK(ctx, h, name, ck)
+		return dkErr
+	})
+	if u != nil {
+		u.dk.Destroy()
+	}
+	switch {
+	case dkErr != nil:
+		return nil, dkErr // it names the file already
+	case err != nil:
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	u, err := v.unlockDK(ctx, h, name, ck.Bytes())
-	if err != nil {
-		ck.Destroy()
-		return nil, err
-	}
-	u.dk.Destroy()
-	c, err := blockcipher.New(ck.Bytes(), h.Preamble.FileID, v.Layout)
-	if err != nil {
-		ck.Destroy()
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return &fileKeys{fileID: h.Preamble.FileID, ck: ck, cipher: c, volume: u.volume, hdr: h, accepted: u.accepted, slot: u.slot}, nil
+	fk.volume, fk.hdr, fk.accepted, fk.slot = u.volume, h, u.accepted, u.slot
+	return fk, nil
 }
 
 // unlocked is an authenticated header copy and its data key.
