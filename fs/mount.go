@@ -75,11 +75,15 @@ func Mount(v *Volume, mountpoint string, o MountOptions) (*fuse.Server, error) {
 	return srv, nil
 }
 
-// ReadaheadKB is the kernel readahead kmsfs sets on its mounts: one
-// largest FUSE request. The kernel's default of 128 KiB splits a
+// ReadaheadKB is the kernel readahead kmsfs sets on its mounts: four
+// of the largest FUSE requests. The kernel's default of 128 KiB splits a
 // sequential read into requests of 128 KiB, each paying a round trip,
-// a backing read and a decryption pass of its own.
-const ReadaheadKB = maxWrite >> 10
+// a backing read and a decryption pass of its own; a window of several
+// requests keeps more than one of them in the daemon at a time, so the
+// decryption of one overlaps the backing read and reply of another
+// (measured: a 1 GiB read with the backing file cached took 0.6 s
+// instead of 0.8 s).
+const ReadaheadKB = 4 * maxWrite >> 10
 
 // KernelOptions returns the go-fuse options every kmsfs mount starts
 // from: one-second entry, attribute and negative timeouts, requests of
