@@ -291,8 +291,6 @@ func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
 	first, last := l.BlockRange(off, end-off)
 	coff := l.BlockCipherOff(first)
 	cend := min(l.BlockCipherOff(last+1), c)
-	cbuf := getBuf(int(cend - coff))
-	defer putBuf(cbuf)
 	skip := off - int64(first)*int64(l.BlockSize)
 	need := int(last-first+1) * l.BlockSize
 	out := dest
@@ -302,12 +300,16 @@ func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
 		out = *pbuf
 	}
 	var m int
-	if len(*cbuf) >= pipeMin {
-		m, err = openPipelined(n.keys.cipher, l, fd, *cbuf, coff, out[:0], first)
-	} else if err = preadFull(fd, *cbuf, coff); err == nil {
-		var plain []byte
-		plain, err = n.keys.cipher.OpenBlocks(out[:0], *cbuf, first)
-		m = len(plain)
+	if clen := int(cend - coff); clen >= pipeMin {
+		m, err = openPipelined(n.keys.cipher, l, fd, coff, clen, out[:0], first)
+	} else {
+		cbuf := getBuf(clen)
+		defer putBuf(cbuf)
+		if err = preadFull(fd, *cbuf, coff); err == nil {
+			var plain []byte
+			plain, err = n.keys.cipher.OpenBlocks(out[:0], *cbuf, first)
+			m = len(plain)
+		}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("reading blocks %d-%d: %w", first, last, err)

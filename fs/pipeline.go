@@ -21,29 +21,55 @@ func stepBlocks(l blockcipher.Layout) int {
 	return max(1, pipeStep/l.BlockSize)
 }
 
-// openPipelined reads the stored blocks [first, first+n) of the file
-// behind fd, which fill cbuf, and decrypts them into out, which has room
-// for their plaintext. Each step is decrypted on a goroutine of its own
-// while the next one is read. It returns the plaintext length, or the
-// first error in file order.
-func openPipelined(c *blockcipher.Cipher, l blockcipher.Layout, fd int, cbuf []byte, coff int64, out []byte, first uint64) (int, error) {
+// pipeDepth is how many steps of one pipelined read may be in memory at
+// once: one being read while the others are decrypted. More would only
+// hold memory: there are rarely more cores than that to decrypt on, and a
+// sequential read has several requests in the daemon at once.
+const pipeDepth = 3
+
+// stepPool recycles the ciphertext buffers of pipeline steps.
+var stepPool sync.Pool
+
+// getStep returns a buffer of n bytes for one step's ciphertext.
+func getStep(n int) *[]byte {
+	if p, ok := stepPool.Get().(*[]byte); ok && cap(*p) >= n {
+		*p = (*p)[:n]
+		return p
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// openPipelined reads the stored bytes [coff, coff+clen) of the file
+// behind fd, the blocks from first on, and decrypts them into out, which
+// has room for their plaintext. Each step is read into a buffer of its
+// own and decrypted on a goroutine while the next one is read; at most
+// pipeDepth steps are held at once. It returns the plaintext length, or
+// the first error in file order.
+func openPipelined(c *blockcipher.Cipher, l blockcipher.Layout, fd int, coff int64, clen int, out []byte, first uint64) (int, error) {
 	cb, b := l.CipherBlockSize(), l.BlockSize
 	step := stepBlocks(l)
-	nsteps := (len(cbuf) + step*cb - 1) / (step * cb)
+	nsteps := (clen + step*cb - 1) / (step * cb)
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, pipeDepth)
 	lens := make([]int, nsteps)
 	errs := make([]error, nsteps)
 	for i := range nsteps {
 		lo := i * step * cb
-		hi := min(lo+step*cb, len(cbuf))
-		if err := preadFull(fd, cbuf[lo:hi], coff+int64(lo)); err != nil {
+		hi := min(lo+step*cb, clen)
+		slots <- struct{}{}
+		buf := getStep(hi - lo)
+		if err := preadFull(fd, *buf, coff+int64(lo)); err != nil {
+			stepPool.Put(buf)
 			wg.Wait()
 			return 0, err
 		}
 		pl := i * step * b
 		wg.Go(func() {
-			plain, err := c.OpenBlocks(out[pl:pl], cbuf[lo:hi], first+uint64(i*step))
+			plain, err := c.OpenBlocks(out[pl:pl], *buf, first+uint64(i*step))
 			lens[i], errs[i] = len(plain), err
+			stepPool.Put(buf)
+			<-slots
 		})
 	}
 	wg.Wait()

@@ -59,9 +59,8 @@ func TestPipeline(t *testing.T) {
 			if err != nil || !bytes.Equal(back, plain) {
 				t.Fatalf("OpenBlocks(sealPipelined) = %d bytes, %v; want the plaintext", len(back), err)
 			}
-			cbuf := make([]byte, len(s.data))
 			out := make([]byte, 0, len(plain)+tc.bs)
-			m, err := openPipelined(c, l, fd, cbuf, coff, out, first)
+			m, err := openPipelined(c, l, fd, coff, len(s.data), out, first)
 			if err != nil || m != len(plain) || !bytes.Equal(out[:m], plain) {
 				t.Fatalf("openPipelined = %d, %v; want %d bytes of plaintext", m, err, len(plain))
 			}
@@ -75,7 +74,7 @@ func TestPipeline(t *testing.T) {
 			if _, err := f.WriteAt([]byte{b[0] ^ 1}, at); err != nil {
 				t.Fatal(err)
 			}
-			_, err = openPipelined(c, l, fd, cbuf, coff, out, first)
+			_, err = openPipelined(c, l, fd, coff, len(s.data), out, first)
 			var be *blockcipher.BlockError
 			if !errors.As(err, &be) || be.Block != lastBlock || !errors.Is(err, blockcipher.ErrAuth) {
 				t.Fatalf("openPipelined of a damaged block %d = %v, want a BlockError for it", lastBlock, err)
