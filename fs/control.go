@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,39 +30,79 @@ func controlAddr(mountpoint string) string {
 
 // ServeControl answers control requests for v mounted at mountpoint until
 // the returned listener is closed.
+//
+// The socket is blocking and served with plain system calls rather than
+// through the net package: a socket in Go's network poller makes every
+// idle thread of the process wait in epoll instead of on a futex, which
+// costs each FUSE request an epoll call and a slower wakeup (about 8% of
+// 4 KiB random-read IOPS here).
 func ServeControl(v *Volume, mountpoint string) (io.Closer, error) {
-	l, err := net.Listen("unix", controlAddr(mountpoint))
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: controlAddr(mountpoint)}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := unix.Listen(fd, 16); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	l := &controlListener{fd: fd, done: make(chan struct{})}
 	go func() {
+		defer close(l.done)
 		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
+			cfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+			if err == unix.EINTR || err == unix.ECONNABORTED {
+				continue
 			}
-			go serveControlConn(v, c.(*net.UnixConn))
+			if err != nil {
+				return // shut down by Close
+			}
+			go serveControlConn(v, cfd)
 		}
 	}()
 	return l, nil
 }
 
-func peerAllowed(c *net.UnixConn) bool {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var cred *unix.Ucred
-	raw.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	})
-	return err == nil && cred != nil && (cred.Uid == 0 || int(cred.Uid) == os.Getuid())
+// controlListener is the listening control socket.
+type controlListener struct {
+	fd   int
+	once sync.Once
+	done chan struct{}
 }
 
-func serveControlConn(v *Volume, c *net.UnixConn) {
+// Close stops accepting and closes the socket. Shutting a listening
+// socket down wakes an accept blocked on it; closing it would not.
+func (l *controlListener) Close() error {
+	var err error
+	l.once.Do(func() {
+		unix.Shutdown(l.fd, unix.SHUT_RDWR)
+		<-l.done
+		err = unix.Close(l.fd)
+	})
+	return err
+}
+
+// peerAllowed says whether the process at the other end of the
+// connection fd runs as root or as the server's user.
+func peerAllowed(fd int) bool {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	return err == nil && (cred.Uid == 0 || int(cred.Uid) == os.Getuid())
+}
+
+// controlTimeout bounds each read and write of a control connection.
+const controlTimeout = 2 * time.Minute
+
+func serveControlConn(v *Volume, fd int) {
+	tv := unix.NsecToTimeval(controlTimeout.Nanoseconds())
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+	// A blocking descriptor: os.NewFile leaves it out of the poller.
+	c := os.NewFile(uintptr(fd), "kmsfs control connection")
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Minute))
-	if !peerAllowed(c) {
+	if !peerAllowed(fd) {
 		fmt.Fprintln(c, `{"error":"permission denied"}`)
 		return
 	}

@@ -24,7 +24,8 @@ type Cache struct {
 
 	mu      sync.Mutex
 	entries map[[32]byte]*list.Element
-	lru     *list.List // front: most recently used
+	lru     *list.List  // front: most recently used
+	sweep   *time.Timer // armed while there are entries: calls Expire
 
 	hits, misses atomic.Int64
 }
@@ -116,6 +117,31 @@ func (c *Cache) put(id [32]byte, k *Key) {
 	for c.lru.Len() > c.max {
 		c.removeLocked(c.lru.Back())
 	}
+	c.armLocked()
+}
+
+// armLocked sets the sweep timer, if there are entries and it is not
+// set, to when the least recently used entry expires (no sooner than a
+// second from now). An empty cache has no timer: a Go program with no
+// timers and no sockets to wait for parks its idle threads more cheaply,
+// which a FUSE daemon feels on every request.
+func (c *Cache) armLocked() {
+	back := c.lru.Back()
+	if c.sweep != nil || back == nil {
+		return
+	}
+	d := max(time.Second, c.ttl-c.now().Sub(back.Value.(*cacheEntry).used))
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		c.Expire()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.sweep == t { // not replaced after a Purge
+			c.sweep = nil
+			c.armLocked()
+		}
+	})
+	c.sweep = t
 }
 
 // touch restarts the time to live of id (the last handle of a file using
@@ -135,8 +161,9 @@ func (c *Cache) removeLocked(el *list.Element) {
 	c.lru.Remove(el)
 }
 
-// Expire drops every entry older than the time to live; a mount calls it
-// periodically so keys do not outlive their TTL in memory.
+// Expire drops every entry older than the time to live. The cache calls
+// it itself, so that keys do not outlive their TTL in memory by more than
+// a second.
 func (c *Cache) Expire() {
 	if !c.enabled() {
 		return
@@ -161,6 +188,10 @@ func (c *Cache) Purge() {
 	defer c.mu.Unlock()
 	c.entries = map[[32]byte]*list.Element{}
 	c.lru.Init()
+	if c.sweep != nil {
+		c.sweep.Stop()
+		c.sweep = nil
+	}
 }
 
 // CacheStats are counters of a Cache.

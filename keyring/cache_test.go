@@ -170,3 +170,47 @@ func BenchmarkCacheHit(b *testing.B) {
 		c.get(id).Destroy()
 	}
 }
+
+// TestCacheExpiresByItself checks that cached keys go once their time to
+// live has passed, with no caller running Expire, and that an empty cache
+// keeps no timer.
+func TestCacheExpiresByItself(t *testing.T) {
+	c := NewCache(50*time.Millisecond, 10)
+	k, err := NewRandomKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Destroy()
+	var id [32]byte
+	id[0] = 1
+	c.put(id, k)
+	if st := c.Stats(); st.Entries != 1 {
+		t.Fatalf("entries after put = %d, want 1", st.Entries)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Entries != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("entries 10 s after a 50 ms TTL = %d, want 0", c.Stats().Entries)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for {
+		c.mu.Lock()
+		armed := c.sweep != nil
+		c.mu.Unlock()
+		if !armed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sweep timer is still set on an empty cache")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.put(id, k)
+	c.Purge()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sweep != nil {
+		t.Error("the sweep timer is still set after Purge")
+	}
+}

@@ -156,11 +156,6 @@ func runMount(args []string) int {
 		return ready(exitCode(err), err.Error())
 	}
 	defer vol.Close()
-	go func() {
-		for range time.Tick(time.Second) {
-			cache.Expire()
-		}
-	}()
 	// Catch signals before mounting: one that arrives while the mount
 	// comes up is handled (unmount) once it is up, instead of killing the
 	// process and leaving a dead mount.
