@@ -301,7 +301,7 @@ func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
 	}
 	var m int
 	if clen := int(cend - coff); clen >= pipeMin {
-		m, err = openPipelined(n.keys.cipher, l, fd, coff, clen, out[:0], first)
+		m, err = openSteps(n.keys.cipher, l, fd, coff, clen, out[:0], first)
 	} else {
 		cbuf := getBuf(clen)
 		defer putBuf(cbuf)

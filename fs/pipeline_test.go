@@ -60,9 +60,9 @@ func TestPipeline(t *testing.T) {
 				t.Fatalf("OpenBlocks(sealPipelined) = %d bytes, %v; want the plaintext", len(back), err)
 			}
 			out := make([]byte, 0, len(plain)+tc.bs)
-			m, err := openPipelined(c, l, fd, coff, len(s.data), out, first)
+			m, err := openSteps(c, l, fd, coff, len(s.data), out, first)
 			if err != nil || m != len(plain) || !bytes.Equal(out[:m], plain) {
-				t.Fatalf("openPipelined = %d, %v; want %d bytes of plaintext", m, err, len(plain))
+				t.Fatalf("openSteps = %d, %v; want %d bytes of plaintext", m, err, len(plain))
 			}
 			// Damage the last block: the error names it.
 			lastBlock := uint64(first + (len(plain)-1)/tc.bs)
@@ -74,10 +74,10 @@ func TestPipeline(t *testing.T) {
 			if _, err := f.WriteAt([]byte{b[0] ^ 1}, at); err != nil {
 				t.Fatal(err)
 			}
-			_, err = openPipelined(c, l, fd, coff, len(s.data), out, first)
+			_, err = openSteps(c, l, fd, coff, len(s.data), out, first)
 			var be *blockcipher.BlockError
 			if !errors.As(err, &be) || be.Block != lastBlock || !errors.Is(err, blockcipher.ErrAuth) {
-				t.Fatalf("openPipelined of a damaged block %d = %v, want a BlockError for it", lastBlock, err)
+				t.Fatalf("openSteps of a damaged block %d = %v, want a BlockError for it", lastBlock, err)
 			}
 		})
 	}
