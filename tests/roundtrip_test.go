@@ -1039,8 +1039,8 @@ func mountOptions(dir string) string {
 	return ""
 }
 
-// TestReadahead checks that a mount asks the kernel for reads of one
-// largest request (1 MiB) instead of its default 128 KiB, and that a
+// TestReadahead checks that a mount sets the kernel readahead to four
+// largest requests (4 MiB) instead of its default 128 KiB, and that a
 // large file still reads back whole through those requests.
 func TestReadahead(t *testing.T) {
 	v := newVolume(t)
@@ -1056,13 +1056,13 @@ func TestReadahead(t *testing.T) {
 	// Only root may set it, and only where /sys is writable; otherwise the
 	// mount keeps the default and its log says why.
 	switch s := strings.TrimSpace(string(got)); {
-	case s == "1024":
+	case s == "4096":
 	case os.Geteuid() != 0 || sysReadOnly():
 		if !strings.Contains(v.log(), "setting readahead") && os.Geteuid() == 0 {
 			t.Errorf("%s = %s and the daemon log does not say why:\n%s", p, s, v.log())
 		}
 	default:
-		t.Errorf("%s = %s, want 1024", p, s)
+		t.Errorf("%s = %s, want 4096", p, s)
 	}
 	data := pattern("readahead", 5<<20+123)
 	writeFile(t, v.path("big"), data)
