@@ -299,18 +299,7 @@ func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
 		defer putBuf(pbuf)
 		out = *pbuf
 	}
-	var m int
-	if clen := int(cend - coff); clen >= pipeMin {
-		m, err = openSteps(n.keys.cipher, l, fd, coff, clen, out[:0], first)
-	} else {
-		cbuf := getBuf(clen)
-		defer putBuf(cbuf)
-		if err = preadFull(fd, *cbuf, coff); err == nil {
-			var plain []byte
-			plain, err = n.keys.cipher.OpenBlocks(out[:0], *cbuf, first)
-			m = len(plain)
-		}
-	}
+	m, err := openSteps(n.keys.cipher, l, fd, coff, int(cend-coff), out[:0], first)
 	if err != nil {
 		return 0, fmt.Errorf("reading blocks %d-%d: %w", first, last, err)
 	}

@@ -14,12 +14,13 @@ import (
 // sequential writer has one request in the daemon at a time. Writes
 // below pipeMin are sealed in one go.
 //
-// A read decrypts its steps one after the other on the request's own
-// goroutine, each step right after its pread into a small buffer, so
-// that the plaintext is still in that core's cache when the reply copies
-// it to the kernel (decrypted on another core, that copy cost about four
-// times as much, measured with perf). A sequential reader keeps several
-// requests in the daemon at once (ReadaheadKB), and they use the cores.
+// A read, of any size, decrypts its steps one after the other on the
+// request's own goroutine, each step right after its pread into a small
+// buffer, so that the plaintext is still in that core's cache when the
+// reply copies it to the kernel (decrypted on another core, that copy
+// cost about four times as much, measured with perf). A sequential
+// reader keeps several requests in the daemon at once (ReadaheadKB), and
+// they use the cores.
 const (
 	pipeStep = 128 << 10
 	pipeMin  = 256 << 10
