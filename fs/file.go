@@ -23,6 +23,9 @@ type File struct {
 	n  *Node
 	fd int
 
+	// direct is the O_DIRECT descriptor for large reads (see directMin).
+	direct directFd
+
 	mu     sync.Mutex
 	closed bool
 }
@@ -64,7 +67,7 @@ func (f *File) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 	n := f.n
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	cnt, err := n.readLocked(f.fd, dest, off)
+	cnt, err := n.readLocked(f.fd, &f.direct, dest, off)
 	if err != nil {
 		return nil, n.errno("read", err)
 	}
@@ -119,6 +122,7 @@ func (f *File) Release(ctx context.Context) syscall.Errno {
 	}
 	f.closed = true
 	f.n.removeFd(f.fd)
+	f.direct.close()
 	err := syscall.Close(f.fd)
 	f.mu.Unlock()
 	f.n.release(f.fd)
@@ -268,8 +272,9 @@ func pwriteFull(fd int, buf []byte, off int64) error {
 	return nil
 }
 
-// readLocked decrypts into dest the plaintext at off; n.mu is held.
-func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
+// readLocked decrypts into dest the plaintext at off; n.mu is held. A
+// large read goes through direct, if it is not nil (see directMin).
+func (n *Node) readLocked(fd int, direct *directFd, dest []byte, off int64) (int, error) {
 	p, c, err := n.sizes(fd)
 	var tailErr error
 	if errors.Is(err, blockcipher.ErrBadCipherSize) {
@@ -299,7 +304,18 @@ func (n *Node) readLocked(fd int, dest []byte, off int64) (int, error) {
 		defer putBuf(pbuf)
 		out = *pbuf
 	}
-	m, err := openSteps(n.keys.cipher, l, fd, coff, int(cend-coff), out[:0], first)
+	m, err := 0, errDirect
+	if direct != nil && cend-coff >= directMin {
+		if dfd := direct.get(fd); dfd >= 0 {
+			m, err = openDirect(n.keys.cipher, l, dfd, coff, int(cend-coff), out[:0], first)
+			if err == errDirect {
+				direct.disable()
+			}
+		}
+	}
+	if err == errDirect {
+		m, err = openSteps(n.keys.cipher, l, fd, coff, int(cend-coff), out[:0], first)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("reading blocks %d-%d: %w", first, last, err)
 	}
@@ -403,7 +419,7 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 		// Whole blocks, or a new last block: nothing old to keep, so seal
 		// straight from the request.
 		ct := sealPipelined(n.keys.cipher, l, (*cbuf)[:0], data, first)
-		return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first))
+		return startWriteback(fd, n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first)), l.BlockCipherOff(first), len(ct.data))
 	}
 	pbuf := getBuf(int(stop - start))
 	defer putBuf(pbuf)
@@ -425,7 +441,30 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 	}
 	copy(plain[off-start:], data)
 	ct := sealPipelined(n.keys.cipher, l, (*cbuf)[:0], plain, first)
-	return n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first))
+	return startWriteback(fd, n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first)), l.BlockCipherOff(first), len(ct.data))
+}
+
+// writebackMin is the smallest write whose backing writeback starts at
+// once (see startWriteback).
+const writebackMin = pipeMin
+
+// startWriteback starts, without waiting for it, the writeback of the n
+// bytes just written at off of fd if the write succeeded (err is nil)
+// and was large. It returns err.
+//
+// A large write is most likely part of a stream (a copy, a download, a
+// database file being filled), which ends with fsync or close. Left to
+// the kernel, its dirty pages would only go to disk once they pass the
+// dirty thresholds, several GiB on a large machine, so the fsync would
+// then wait for all of them. Started now, the disk writes the ciphertext
+// while the daemon encrypts the next requests. Small writes are left to
+// the kernel, which can merge repeated writes of the same pages.
+func startWriteback(fd int, err error, off int64, n int) error {
+	if err == nil && n >= writebackMin {
+		// Only a hint: a failure here (EIO, say) comes back from fsync.
+		unix.SyncFileRange(fd, off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
+	}
+	return err
 }
 
 // truncateLocked sets the plaintext size; n.mu is held exclusively.

@@ -14,7 +14,8 @@ import (
 // TestPipeline checks that the stepwise seal and open give exactly what
 // the one-step SealBlocks and OpenBlocks give, around step boundaries and
 // for every block size class, and that a damaged block fails the read
-// with that block's number.
+// with that block's number. The direct read (openDirect) is checked the
+// same way.
 func TestPipeline(t *testing.T) {
 	for _, tc := range []struct {
 		bs, size int
@@ -64,6 +65,25 @@ func TestPipeline(t *testing.T) {
 			if err != nil || m != len(plain) || !bytes.Equal(out[:m], plain) {
 				t.Fatalf("openSteps = %d, %v; want %d bytes of plaintext", m, err, len(plain))
 			}
+			// Through O_DIRECT, from the first block and from the second
+			// (unaligned in the file), right after buffered writes.
+			var d directFd
+			defer d.close()
+			dfd := d.get(fd)
+			if dfd < 0 {
+				t.Logf("%s refuses O_DIRECT: only the buffered read is checked", t.TempDir())
+			}
+			for _, skip := range []int{0, 1} {
+				if dfd < 0 || skip*tc.bs >= len(plain) {
+					break
+				}
+				soff := l.BlockCipherOff(first + uint64(skip))
+				out := make([]byte, 0, len(plain))
+				m, err := openDirect(c, l, dfd, soff, len(s.data)-skip*l.CipherBlockSize(), out, first+uint64(skip))
+				if err != nil || m != len(plain)-skip*tc.bs || !bytes.Equal(out[:m], plain[skip*tc.bs:]) {
+					t.Fatalf("openDirect from block %d = %d, %v; want %d bytes of plaintext", first+skip, m, err, len(plain)-skip*tc.bs)
+				}
+			}
 			// Damage the last block: the error names it.
 			lastBlock := uint64(first + (len(plain)-1)/tc.bs)
 			at := l.BlockCipherOff(lastBlock) + 20
@@ -78,6 +98,12 @@ func TestPipeline(t *testing.T) {
 			var be *blockcipher.BlockError
 			if !errors.As(err, &be) || be.Block != lastBlock || !errors.Is(err, blockcipher.ErrAuth) {
 				t.Fatalf("openSteps of a damaged block %d = %v, want a BlockError for it", lastBlock, err)
+			}
+			if dfd >= 0 {
+				_, err = openDirect(c, l, dfd, coff, len(s.data), out, first)
+				if !errors.As(err, &be) || be.Block != lastBlock || !errors.Is(err, blockcipher.ErrAuth) {
+					t.Fatalf("openDirect of a damaged block %d = %v, want a BlockError for it", lastBlock, err)
+				}
 			}
 		})
 	}

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -1099,7 +1098,7 @@ func TestKeepCache(t *testing.T) {
 	writeFile(t, v.path("g"), after)
 	// The open after a write drops the cache; this read fills it again.
 	checkContent(t, v.path("f"), before, v.blockSize)
-	if got, want := residentPages(t, v.path("f")), len(before)/os.Getpagesize(); got != want {
+	if got, want := residentPagesOf(t, v.path("f")), len(before)/os.Getpagesize(); got != want {
 		t.Errorf("after reopening an unchanged file, %d of its %d pages are in the page cache, want all", got, want)
 	}
 	// Behind the mount: g's ciphertext overwrites f's in place (same inode,
@@ -1118,32 +1117,4 @@ func TestKeepCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkContent(t, v.path("f"), after, v.blockSize)
-}
-
-// residentPages opens path and counts its pages in the page cache.
-func residentPages(t *testing.T, path string) int {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatalf("mmap %s = %v", path, err)
-	}
-	defer unix.Munmap(m)
-	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
-		t.Fatalf("mincore %s = %v", path, e)
-	}
-	n := 0
-	for _, b := range vec {
-		n += int(b & 1)
-	}
-	return n
 }
