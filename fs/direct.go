@@ -34,7 +34,15 @@ import (
 const (
 	directMin   = 256 << 10
 	directAlign = 4096
+	// directMax is how many direct reads may be in flight at once, across
+	// all files. Each holds a buffer of about a MiB; a sequential reader
+	// keeps up to ReadaheadKB of requests in flight, and more of them at
+	// once would only add memory, not speed, on one disk.
+	directMax = 4
 )
+
+// directSlots holds one token per direct read in flight.
+var directSlots = make(chan struct{}, directMax)
 
 // directFd is a handle's O_DIRECT descriptor, opened at its first large
 // read.
@@ -124,6 +132,8 @@ var errDirect = errors.New("direct read refused")
 func openDirect(c *blockcipher.Cipher, l blockcipher.Layout, dfd int, coff int64, clen int, out []byte, first uint64) (int, error) {
 	a0 := coff &^ (directAlign - 1)
 	a1 := (coff + int64(clen) + directAlign - 1) &^ (directAlign - 1)
+	directSlots <- struct{}{}
+	defer func() { <-directSlots }()
 	buf := getDirect(int(a1 - a0))
 	defer directPool.Put(buf)
 	got := 0
