@@ -53,18 +53,27 @@ func getStep(n int) *[]byte {
 // room for their plaintext, one step at a time. It returns the plaintext
 // length, or the first error.
 func openSteps(c *blockcipher.Cipher, l blockcipher.Layout, fd int, coff int64, clen int, out []byte, first uint64) (int, error) {
-	cb := l.CipherBlockSize()
-	step := stepBlocks(l)
-	buf := getStep(min(step*cb, clen))
+	buf := getStep(min(stepBlocks(l)*l.CipherBlockSize(), clen))
 	defer stepPool.Put(buf)
-	total := 0
-	for i, lo := 0, 0; lo < clen; i, lo = i+1, lo+step*cb {
-		hi := min(lo+step*cb, clen)
+	return openEach(c, l, clen, out, first, func(lo, hi int) ([]byte, error) {
 		b := (*buf)[:hi-lo]
-		if err := preadFull(fd, b, coff+int64(lo)); err != nil {
+		return b, preadFull(fd, b, coff+int64(lo))
+	})
+}
+
+// openEach decrypts clen stored bytes, the blocks from first on, into out
+// one step at a time; stored returns the stored bytes [lo, hi) of a step.
+// It returns the plaintext length, or the first error.
+func openEach(c *blockcipher.Cipher, l blockcipher.Layout, clen int, out []byte, first uint64, stored func(lo, hi int) ([]byte, error)) (int, error) {
+	sb := stepBlocks(l)
+	step := sb * l.CipherBlockSize()
+	total := 0
+	for i, lo := 0, 0; lo < clen; i, lo = i+1, lo+step {
+		b, err := stored(lo, min(lo+step, clen))
+		if err != nil {
 			return 0, err
 		}
-		plain, err := c.OpenBlocks(out[total:total], b, first+uint64(i*step))
+		plain, err := c.OpenBlocks(out[total:total], b, first+uint64(i*sb))
 		if err != nil {
 			return 0, err
 		}

@@ -104,11 +104,11 @@ func residentPages(t *testing.T, f *os.File, from int64) (resident, pages int) {
 // starts their writeback as it writes them, so that a later fsync finds
 // little left to do. Page state comes from /proc/kpageflags (root only).
 func TestLargeWritesStartWriteback(t *testing.T) {
+	v := newVolume(t) // fails under CI=true if it cannot mount
+	requireDiskBacking(t, v)
 	if os.Geteuid() != 0 {
 		t.Skip("reading page flags needs root")
 	}
-	v := newVolume(t)
-	requireDiskBacking(t, v)
 	f, err := os.Create(v.path("stream"))
 	if err != nil {
 		t.Fatalf("os.Create = %v", err)
