@@ -25,6 +25,9 @@ type File struct {
 
 	// direct is the O_DIRECT descriptor for large reads (see directMin).
 	direct directFd
+	// wb counts the writebacks started on fd (see startWriteback); fd is
+	// closed only once they have returned.
+	wb sync.WaitGroup
 
 	mu     sync.Mutex
 	closed bool
@@ -80,7 +83,7 @@ func (f *File) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	n := f.n
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if err := n.writeLocked(ctx, f.fd, data, off); err != nil {
+	if err := n.writeLocked(ctx, f.fd, &f.wb, data, off); err != nil {
 		return 0, n.errno("write", err)
 	}
 	return uint32(len(data)), 0
@@ -123,6 +126,7 @@ func (f *File) Release(ctx context.Context) syscall.Errno {
 	f.closed = true
 	f.n.removeFd(f.fd)
 	f.direct.close()
+	f.wb.Wait()
 	err := syscall.Close(f.fd)
 	f.mu.Unlock()
 	f.n.release(f.fd)
@@ -377,7 +381,7 @@ func (n *Node) rewriteBlock(fd int, b uint64, plain []byte) error {
 }
 
 // writeLocked writes data at off; n.mu is held exclusively.
-func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) error {
+func (n *Node) writeLocked(ctx context.Context, fd int, wb *sync.WaitGroup, data []byte, off int64) error {
 	n.seenOK = false
 	if len(data) == 0 {
 		return nil
@@ -419,7 +423,7 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 		// Whole blocks, or a new last block: nothing old to keep, so seal
 		// straight from the request.
 		ct := sealPipelined(n.keys.cipher, l, (*cbuf)[:0], data, first)
-		return startWriteback(fd, n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first)), l.BlockCipherOff(first), len(ct.data))
+		return startWriteback(fd, wb, n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first)), l.BlockCipherOff(first), len(ct.data))
 	}
 	pbuf := getBuf(int(stop - start))
 	defer putBuf(pbuf)
@@ -441,16 +445,16 @@ func (n *Node) writeLocked(ctx context.Context, fd int, data []byte, off int64) 
 	}
 	copy(plain[off-start:], data)
 	ct := sealPipelined(n.keys.cipher, l, (*cbuf)[:0], plain, first)
-	return startWriteback(fd, n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first)), l.BlockCipherOff(first), len(ct.data))
+	return startWriteback(fd, wb, n.vol.journal.pwrite(n, fd, ct, l.BlockCipherOff(first)), l.BlockCipherOff(first), len(ct.data))
 }
 
 // writebackMin is the smallest write whose backing writeback starts at
 // once (see startWriteback).
 const writebackMin = pipeMin
 
-// startWriteback starts, without waiting for it, the writeback of the n
-// bytes just written at off of fd if the write succeeded (err is nil)
-// and was large. It returns err.
+// startWriteback starts the writeback of the n bytes just written at off
+// of fd if the write succeeded (err is nil) and was large, on a goroutine
+// counted in wb, so that the reply does not wait for it. It returns err.
 //
 // A large write is most likely part of a stream (a copy, a download, a
 // database file being filled), which ends with fsync or close. Left to
@@ -459,10 +463,10 @@ const writebackMin = pipeMin
 // then wait for all of them. Started now, the disk writes the ciphertext
 // while the daemon encrypts the next requests. Small writes are left to
 // the kernel, which can merge repeated writes of the same pages.
-func startWriteback(fd int, err error, off int64, n int) error {
+func startWriteback(fd int, wb *sync.WaitGroup, err error, off int64, n int) error {
 	if err == nil && n >= writebackMin {
 		// Only a hint: a failure here (EIO, say) comes back from fsync.
-		unix.SyncFileRange(fd, off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
+		wb.Go(func() { unix.SyncFileRange(fd, off, int64(n), unix.SYNC_FILE_RANGE_WRITE) })
 	}
 	return err
 }
