@@ -277,7 +277,7 @@ func pwriteFull(fd int, buf []byte, off int64) error {
 }
 
 // readLocked decrypts into dest the plaintext at off; n.mu is held. A
-// large read goes through direct, if it is not nil (see directMin).
+// large read goes through direct (see directMin).
 func (n *Node) readLocked(fd int, direct *directFd, dest []byte, off int64) (int, error) {
 	p, c, err := n.sizes(fd)
 	var tailErr error
@@ -309,7 +309,7 @@ func (n *Node) readLocked(fd int, direct *directFd, dest []byte, off int64) (int
 		out = *pbuf
 	}
 	m, err := 0, errDirect
-	if direct != nil && cend-coff >= directMin {
+	if cend-coff >= directMin {
 		if dfd := direct.get(fd); dfd >= 0 {
 			m, err = openDirect(n.keys.cipher, l, dfd, coff, int(cend-coff), out[:0], first)
 			if err == errDirect {

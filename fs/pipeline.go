@@ -16,7 +16,8 @@ import (
 //
 // A read, of any size, decrypts its steps one after the other on the
 // request's own goroutine, each step right after its pread into a small
-// buffer, so that the plaintext is still in that core's cache when the
+// buffer (or, for a large read, from the one direct read of the whole
+// request: see directMin), so that the plaintext is still in that core's cache when the
 // reply copies it to the kernel (decrypted on another core, that copy
 // cost about four times as much, measured with perf). A sequential
 // reader keeps several requests in the daemon at once (ReadaheadKB), and
