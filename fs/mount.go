@@ -13,10 +13,13 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/fs/cryptfile"
+	"github.com/kmsfs/kmsfs/fs/volume"
 )
 
 // maxWrite is the largest FUSE write request (the kernel's limit here).
-const maxWrite = 1 << 20
+const maxWrite = cryptfile.MaxRequest
 
 // MountOptions are the user's choices for one mount.
 type MountOptions struct {
@@ -31,20 +34,20 @@ type MountOptions struct {
 
 // Mount serves v at mountpoint and returns once the mount is ready. The
 // caller unmounts with server.Unmount and waits with server.Wait.
-func Mount(v *Volume, mountpoint string, o MountOptions) (*fuse.Server, error) {
-	root, err := NewRoot(v)
+func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*fuse.Server, error) {
+	// Replays writes a crash interrupted, before anything is read.
+	maxData := (maxWrite/v.Layout.BlockSize + 2) * v.Layout.CipherBlockSize()
+	j, err := cryptfile.OpenJournal(v.Backing(), maxData, v.Log)
 	if err != nil {
-		return nil, fmt.Errorf("mount: %w", err)
-	}
-	if v.journal == nil {
-		// Replays writes a crash interrupted, before anything is read.
-		maxData := (maxWrite/v.Layout.BlockSize + 2) * v.Layout.CipherBlockSize()
-		if v.journal, err = openJournal(v, maxData); err != nil {
-			if !o.ReadOnly {
-				return nil, fmt.Errorf("mount: %w", err)
-			}
-			v.Log.Printf("kmsfs: read-only mount without the write journal: %v", err)
+		if !o.ReadOnly {
+			return nil, fmt.Errorf("mount: %w", err)
 		}
+		v.Log.Printf("kmsfs: read-only mount without the write journal: %v", err)
+	}
+	root, err := NewRoot(v, &cryptfile.Config{Layout: v.Layout, Keys: v, Journal: j})
+	if err != nil {
+		j.Close()
+		return nil, fmt.Errorf("mount: %w", err)
 	}
 	// The kernel has already applied the caller's umask to create modes;
 	// the daemon must not apply its own a second time.
@@ -62,6 +65,7 @@ func Mount(v *Volume, mountpoint string, o MountOptions) (*fuse.Server, error) {
 	}
 	srv, err := gofs.Mount(mountpoint, root, opts)
 	if err != nil {
+		j.Close()
 		if _, serr := os.Stat("/dev/fuse"); serr != nil {
 			return nil, fmt.Errorf("mount %s: /dev/fuse: %w", mountpoint, serr)
 		}
@@ -72,6 +76,10 @@ func Mount(v *Volume, mountpoint string, o MountOptions) (*fuse.Server, error) {
 	} else if err := SetReadahead(mountpoint, ReadaheadKB); err != nil {
 		v.Log.Printf("kmsfs: %v (reads stay in the kernel's default request size)", err)
 	}
+	go func() {
+		srv.Wait()
+		j.Close()
+	}()
 	return srv, nil
 }
 
@@ -87,12 +95,15 @@ const ReadaheadKB = 4 * maxWrite >> 10
 
 // KernelOptions returns the go-fuse options every kmsfs mount starts
 // from: one-second entry, attribute and negative timeouts, requests of
-// up to 1 MiB, POSIX locks, permissions checked by the kernel. The
+// up to 1 MiB, POSIX locks, permissions checked by the kernel against
+// the modes exactly as stored (NullPermissions: go-fuse would otherwise
+// show a mode of 0000 as 0644, and the kernel would enforce that). The
 // benchmark baseline mounts with the same options, so that it differs
 // from kmsfs only in what the daemon does with the bytes.
 func KernelOptions(fsName, name string) *gofs.Options {
 	timeout := time.Second
 	return &gofs.Options{
+		NullPermissions: true,
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,

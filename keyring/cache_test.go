@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net/url"
 	"sync/atomic"
 	"testing"
@@ -43,19 +44,23 @@ func (c *countingKeyring) Unwrap(ctx context.Context, wrapped, encCtx []byte) (*
 	return k, nil
 }
 
-var counting = map[string]*countingKeyring{}
-
-func init() {
-	Register("counting", func(ctx context.Context, u *url.URL, o Options) (Keyring, error) {
-		return counting[u.String()], nil
+// countingRegistry returns a registry whose "counting" provider opens kr
+// for kr's URI.
+func countingRegistry(kr *countingKeyring) *Registry {
+	return NewRegistry(func(r *Registry) {
+		r.Register("counting", func(ctx context.Context, u *url.URL, o Options) (Keyring, error) {
+			if u.String() != kr.uri {
+				return nil, fmt.Errorf("counting: %s: %w", u, ErrKeyNotFound)
+			}
+			return kr, nil
+		})
 	})
 }
 
 func TestCacheAnswersRepeatedUnwraps(t *testing.T) {
 	const uri = "counting://cache/a"
 	inner := &countingKeyring{uri: uri}
-	counting[uri] = inner
-	r := NewResolver(Options{})
+	r := NewResolver(countingRegistry(inner), Options{})
 	c := NewCache(time.Minute, 10)
 	r.SetCache(c)
 	kr, err := r.Get(context.Background(), uri)
@@ -141,8 +146,7 @@ func TestCacheTTLAndSize(t *testing.T) {
 func TestCacheDisabled(t *testing.T) {
 	const uri = "counting://cache/off"
 	inner := &countingKeyring{uri: uri}
-	counting[uri] = inner
-	r := NewResolver(Options{})
+	r := NewResolver(countingRegistry(inner), Options{})
 	r.SetCache(NewCache(0, 100))
 	kr, _ := r.Get(context.Background(), uri)
 	dk, wrapped, _ := kr.GenerateDataKey(context.Background(), nil)

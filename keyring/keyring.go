@@ -3,7 +3,9 @@
 //
 // A Keyring wraps and unwraps 32-byte data keys. Keyrings are named by URI;
 // the scheme picks the provider ("local", and the cloud providers in their
-// own subpackages), which registers itself with Register. Plaintext keys
+// own subpackages). There is no global list of providers: the program
+// builds a Registry with the providers it wants (each subpackage has a
+// Register function) and hands it to NewResolver. Plaintext keys
 // returned by a Keyring live in locked memory (see Key) and must be
 // destroyed by the caller when no longer needed.
 package keyring
@@ -92,48 +94,73 @@ type Options struct {
 // Opener opens the keyring named by u.
 type Opener func(ctx context.Context, u *url.URL, opts Options) (Keyring, error)
 
-var (
-	registryMu sync.RWMutex
-	registry   = map[string]Opener{}
-)
-
-// Register makes a provider available for URIs with the given scheme. It
-// panics if the scheme is registered twice.
-func Register(scheme string, open Opener) {
-	registryMu.Lock()
-	defer registryMu.Unlock()
-	if _, dup := registry[scheme]; dup {
-		panic("keyring: provider registered twice: " + scheme)
-	}
-	registry[scheme] = open
+// Registry maps URI schemes to the providers that open them. A program
+// builds one, fills it with Register before use, and passes it to
+// NewResolver; nothing is registered globally. The zero value is an empty
+// registry ready for use. Register must not run concurrently with other
+// methods; once filled, a Registry is safe for concurrent use.
+type Registry struct {
+	openers map[string]Opener
 }
 
-// Schemes lists the registered URI schemes, sorted.
-func Schemes() []string {
-	registryMu.RLock()
-	defer registryMu.RUnlock()
-	var s []string
-	for k := range registry {
+// NewRegistry returns a registry filled by calling each of register on it,
+// in order, typically the Register functions of provider packages:
+//
+//	reg := keyring.NewRegistry(local.Register, alibaba.Register)
+func NewRegistry(register ...func(*Registry)) *Registry {
+	r := &Registry{}
+	for _, f := range register {
+		f(r)
+	}
+	return r
+}
+
+// Register makes a provider available for URIs with the given scheme. It
+// panics if the scheme is already registered in r or open is nil.
+func (r *Registry) Register(scheme string, open Opener) {
+	if open == nil {
+		panic("keyring: nil opener for scheme " + scheme)
+	}
+	if _, dup := r.openers[scheme]; dup {
+		panic("keyring: provider registered twice: " + scheme)
+	}
+	if r.openers == nil {
+		r.openers = map[string]Opener{}
+	}
+	r.openers[scheme] = open
+}
+
+// Schemes lists the schemes registered in r, sorted. A nil Registry has
+// none.
+func (r *Registry) Schemes() []string {
+	if r == nil {
+		return nil
+	}
+	s := make([]string, 0, len(r.openers))
+	for k := range r.openers {
 		s = append(s, k)
 	}
 	sort.Strings(s)
 	return s
 }
 
-// Open opens the keyring named by uri with the registered provider.
-func Open(ctx context.Context, uri string, opts Options) (Keyring, error) {
+// Open opens the keyring named by uri with the provider registered in r
+// for its scheme. An unknown scheme is an error wrapping ErrBadURI.
+func (r *Registry) Open(ctx context.Context, uri string, opts Options) (Keyring, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, fmt.Errorf("keyring: %q: %w: %v", uri, ErrBadURI, err)
 	}
-	registryMu.RLock()
-	open, ok := registry[u.Scheme]
-	registryMu.RUnlock()
-	if !ok {
-		return nil, fmt.Errorf("keyring: %q: %w: unknown scheme %q (known: %v)", uri, ErrBadURI, u.Scheme, Schemes())
+	var open Opener
+	if r != nil {
+		open = r.openers[u.Scheme]
+	}
+	if open == nil {
+		return nil, fmt.Errorf("keyring: %q: %w: unknown scheme %q (known: %v)", uri, ErrBadURI, u.Scheme, r.Schemes())
 	}
 	kr, err := open(ctx, u, opts)
 	if err != nil {
+		// Not kr: a provider's typed nil pointer would be a non-nil Keyring.
 		return nil, err
 	}
 	return kr, nil
@@ -145,6 +172,7 @@ func Open(ctx context.Context, uri string, opts Options) (Keyring, error) {
 // Every keyring it opens is metered (see Stats), and, when a Cache is set,
 // keyrings that call a remote service answer repeated unwraps from it.
 type Resolver struct {
+	reg   *Registry
 	opts  Options
 	cache *Cache
 	mu    sync.Mutex
@@ -157,9 +185,11 @@ type resolved struct {
 	err  error
 }
 
-// NewResolver returns a Resolver that opens keyrings with opts.
-func NewResolver(opts Options) *Resolver {
-	return &Resolver{opts: opts, open: map[string]*resolved{}}
+// NewResolver returns a Resolver that opens keyrings with the providers
+// of reg, passing them opts. reg must not change while the Resolver is in
+// use.
+func NewResolver(reg *Registry, opts Options) *Resolver {
+	return &Resolver{reg: reg, opts: opts, open: map[string]*resolved{}}
 }
 
 // Get returns the keyring for uri, opening it on first use. A failure to
@@ -174,7 +204,7 @@ func (r *Resolver) Get(ctx context.Context, uri string) (Keyring, error) {
 	}
 	r.mu.Unlock()
 	e.once.Do(func() {
-		e.kr, e.err = Open(ctx, uri, r.opts)
+		e.kr, e.err = r.reg.Open(ctx, uri, r.opts)
 		if e.err == nil {
 			e.kr = r.decorate(e.kr)
 		}

@@ -22,75 +22,150 @@ func (s *stubKeyring) Unwrap(context.Context, []byte, []byte) (*Key, error) {
 	return nil, errors.New("stub")
 }
 
-// stub is the behaviour of the "stub" provider: opens counts calls per
-// URI, and fail (if set) returns the error for the next call of a URI.
-var stub struct {
+// stubProvider is a test provider: opens counts calls per URI, and fail
+// holds, per URI, the errors of its next calls (nil for a success). Each
+// test makes its own, so counts never carry over between tests or runs.
+type stubProvider struct {
 	mu    sync.Mutex
 	opens map[string]int
 	fail  map[string][]error
 }
 
-func init() {
-	stub.opens = map[string]int{}
-	stub.fail = map[string][]error{}
-	Register("stub", func(ctx context.Context, u *url.URL, opts Options) (Keyring, error) {
-		stub.mu.Lock()
-		defer stub.mu.Unlock()
-		uri := u.String()
-		stub.opens[uri]++
-		if errs := stub.fail[uri]; len(errs) > 0 {
-			stub.fail[uri] = errs[1:]
-			if errs[0] != nil {
-				return nil, errs[0]
-			}
+// newStub returns a registry holding a fresh stub provider under the
+// scheme "stub", and the provider.
+func newStub() (*Registry, *stubProvider) {
+	p := &stubProvider{opens: map[string]int{}, fail: map[string][]error{}}
+	return NewRegistry(func(r *Registry) { r.Register("stub", p.open) }), p
+}
+
+func (p *stubProvider) open(ctx context.Context, u *url.URL, opts Options) (Keyring, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	uri := u.String()
+	p.opens[uri]++
+	if errs := p.fail[uri]; len(errs) > 0 {
+		p.fail[uri] = errs[1:]
+		if errs[0] != nil {
+			return nil, errs[0]
 		}
-		return &stubKeyring{uri: uri}, nil
-	})
+	}
+	return &stubKeyring{uri: uri}, nil
 }
 
-func stubOpens(uri string) int {
-	stub.mu.Lock()
-	defer stub.mu.Unlock()
-	return stub.opens[uri]
+// opensOf returns how many times uri was opened.
+func (p *stubProvider) opensOf(uri string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.opens[uri]
 }
 
-func stubFail(uri string, errs ...error) {
-	stub.mu.Lock()
-	defer stub.mu.Unlock()
-	stub.fail[uri] = errs
+// failNext makes the next opens of uri return errs, one per call.
+func (p *stubProvider) failNext(uri string, errs ...error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fail[uri] = errs
 }
 
-func TestRegisterTwicePanics(t *testing.T) {
-	defer func() {
-		if recover() == nil {
-			t.Errorf("Register(stub) twice did not panic")
-		}
-	}()
-	Register("stub", nil)
+func TestRegisterPanics(t *testing.T) {
+	stubOpen := func(context.Context, *url.URL, Options) (Keyring, error) { return nil, nil }
+	for _, tc := range []struct {
+		name   string
+		scheme string
+		open   Opener
+	}{
+		{"twice", "stub", stubOpen},
+		{"nil opener", "other", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg, _ := newStub()
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Register(%q) did not panic", tc.scheme)
+				}
+			}()
+			reg.Register(tc.scheme, tc.open)
+		})
+	}
 }
 
 func TestSchemes(t *testing.T) {
-	if s := Schemes(); !slices.Contains(s, "stub") || !slices.IsSorted(s) {
-		t.Errorf("Schemes() = %q, want a sorted list containing stub", s)
+	stubOpen := func(context.Context, *url.URL, Options) (Keyring, error) { return nil, nil }
+	var zero Registry
+	zero.Register("b", stubOpen)
+	zero.Register("a", stubOpen)
+	zero.Register("c", stubOpen)
+	for _, tc := range []struct {
+		name string
+		reg  *Registry
+		want []string
+	}{
+		{"nil", nil, nil},
+		{"empty", NewRegistry(), nil},
+		{"stub", func() *Registry { r, _ := newStub(); return r }(), []string{"stub"}},
+		{"zero value filled", &zero, []string{"a", "b", "c"}},
+	} {
+		if got := tc.reg.Schemes(); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: Schemes() = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestRegistriesAreIndependent(t *testing.T) {
+	const uri = "stub://independent/a"
+	a, pa := newStub()
+	b, pb := newStub()
+	for i, tc := range []struct {
+		reg      *Registry
+		wantA    int
+		wantB    int
+		fromWhom string
+	}{
+		{a, 1, 0, "a"},
+		{b, 1, 1, "b"},
+		{a, 2, 1, "a"},
+	} {
+		if _, err := tc.reg.Open(context.Background(), uri, Options{}); err != nil {
+			t.Fatalf("#%d: %s.Open(%q) error = %v", i, tc.fromWhom, uri, err)
+		}
+		if na, nb := pa.opensOf(uri), pb.opensOf(uri); na != tc.wantA || nb != tc.wantB {
+			t.Errorf("#%d: after %s.Open opens by a, b = %d, %d, want %d, %d", i, tc.fromWhom, na, nb, tc.wantA, tc.wantB)
+		}
+	}
+	if _, err := NewRegistry().Open(context.Background(), uri, Options{}); !errors.Is(err, ErrBadURI) {
+		t.Errorf("empty registry Open(%q) error = %v, want ErrBadURI", uri, err)
 	}
 }
 
 func TestOpen(t *testing.T) {
+	reg, _ := newStub()
+	// A provider that fails with a typed nil pointer, as providers whose
+	// own Open returns *Keyring do.
+	reg.Register("typednil", func(context.Context, *url.URL, Options) (Keyring, error) {
+		var kr *stubKeyring
+		return kr, ErrKeyNotFound
+	})
 	for _, tc := range []struct {
+		name string
+		reg  *Registry
 		uri  string
 		want error
 	}{
-		{"stub://open/a", nil},
-		{"nosuchscheme://x", ErrBadURI},
-		{"", ErrBadURI},
-		{"%zz", ErrBadURI},
+		{"registered", reg, "stub://open/a", nil},
+		{"unknown scheme", reg, "nosuchscheme://x", ErrBadURI},
+		{"empty", reg, "", ErrBadURI},
+		{"unparsable", reg, "%zz", ErrBadURI},
+		{"nil registry", nil, "stub://open/a", ErrBadURI},
+		{"typed nil", reg, "typednil://k", ErrKeyNotFound},
 	} {
-		kr, err := Open(context.Background(), tc.uri, Options{})
+		kr, err := tc.reg.Open(context.Background(), tc.uri, Options{})
 		if !errors.Is(err, tc.want) {
-			t.Errorf("Open(%q) error = %v, want %v", tc.uri, err, tc.want)
+			t.Errorf("%s: Open(%q) error = %v, want %v", tc.name, tc.uri, err, tc.want)
 		}
 		if err == nil && kr.URI() != tc.uri {
-			t.Errorf("Open(%q).URI() = %q, want %q", tc.uri, kr.URI(), tc.uri)
+			t.Errorf("%s: Open(%q).URI() = %q, want %q", tc.name, tc.uri, kr.URI(), tc.uri)
+		}
+		if err != nil && kr != nil {
+			t.Errorf("%s: Open(%q) = %v, %v, want a nil Keyring with the error", tc.name, tc.uri, kr, err)
 		}
 	}
 }
@@ -122,7 +197,8 @@ func TestIsPermanent(t *testing.T) {
 
 func TestResolverCaches(t *testing.T) {
 	const uri = "stub://cache/a"
-	r := NewResolver(Options{})
+	reg, stub := newStub()
+	r := NewResolver(reg, Options{})
 	a, err := r.Get(context.Background(), uri)
 	if err != nil {
 		t.Fatalf("Get() error = %v", err)
@@ -131,14 +207,15 @@ func TestResolverCaches(t *testing.T) {
 	if err != nil || a != b {
 		t.Errorf("second Get() = %p, %v, want %p, nil", b, err, a)
 	}
-	if n := stubOpens(uri); n != 1 {
+	if n := stub.opensOf(uri); n != 1 {
 		t.Errorf("opens after two Gets = %d, want 1", n)
 	}
 }
 
 func TestResolverConcurrent(t *testing.T) {
 	const uri = "stub://concurrent/a"
-	r := NewResolver(Options{})
+	reg, stub := newStub()
+	r := NewResolver(reg, Options{})
 	got := make([]Keyring, 16)
 	var wg sync.WaitGroup
 	for i := range got {
@@ -156,58 +233,61 @@ func TestResolverConcurrent(t *testing.T) {
 			t.Errorf("Get() #%d = %p, want %p (one keyring)", i, kr, got[0])
 		}
 	}
-	if n := stubOpens(uri); n != 1 {
+	if n := stub.opensOf(uri); n != 1 {
 		t.Errorf("opens after 16 concurrent Gets = %d, want 1", n)
 	}
 }
 
 func TestResolverRetriesTransient(t *testing.T) {
 	const uri = "stub://transient/a"
-	stubFail(uri, fmt.Errorf("stub: %w", ErrUnavailable), context.DeadlineExceeded)
-	r := NewResolver(Options{})
+	reg, stub := newStub()
+	stub.failNext(uri, fmt.Errorf("stub: %w", ErrUnavailable), context.DeadlineExceeded)
+	r := NewResolver(reg, Options{})
 	for i, want := range []error{ErrUnavailable, context.DeadlineExceeded, nil} {
 		if _, err := r.Get(context.Background(), uri); !errors.Is(err, want) {
 			t.Errorf("Get() #%d error = %v, want %v", i, err, want)
 		}
 	}
-	if n := stubOpens(uri); n != 3 {
+	if n := stub.opensOf(uri); n != 3 {
 		t.Errorf("opens = %d, want 3 (two transient failures retried)", n)
 	}
 	if _, err := r.Get(context.Background(), uri); err != nil {
 		t.Errorf("Get() after success error = %v, want nil", err)
 	}
-	if n := stubOpens(uri); n != 3 {
+	if n := stub.opensOf(uri); n != 3 {
 		t.Errorf("opens after success = %d, want 3 (cached)", n)
 	}
 }
 
 func TestResolverRemembersPermanent(t *testing.T) {
 	const uri = "stub://permanent/a"
-	stubFail(uri, fmt.Errorf("stub: %w", ErrAccessDenied))
-	r := NewResolver(Options{})
+	reg, stub := newStub()
+	stub.failNext(uri, fmt.Errorf("stub: %w", ErrAccessDenied))
+	r := NewResolver(reg, Options{})
 	for i := range 3 {
 		if _, err := r.Get(context.Background(), uri); !errors.Is(err, ErrAccessDenied) {
 			t.Errorf("Get() #%d error = %v, want ErrAccessDenied", i, err)
 		}
 	}
-	if n := stubOpens(uri); n != 1 {
+	if n := stub.opensOf(uri); n != 1 {
 		t.Errorf("opens = %d, want 1 (permanent failure remembered)", n)
 	}
 	// Another resolver starts afresh.
-	if _, err := NewResolver(Options{}).Get(context.Background(), uri); err != nil {
+	if _, err := NewResolver(reg, Options{}).Get(context.Background(), uri); err != nil {
 		t.Errorf("new Resolver Get() error = %v, want nil", err)
 	}
 }
 
 func TestResolverAdd(t *testing.T) {
 	kr := &stubKeyring{uri: "stub://added/a"}
-	r := NewResolver(Options{})
+	reg, stub := newStub()
+	r := NewResolver(reg, Options{})
 	r.Add(kr)
 	got, err := r.Get(context.Background(), kr.uri)
 	if err != nil || got != kr {
 		t.Errorf("Get() after Add = %p, %v, want %p, nil", got, err, kr)
 	}
-	if n := stubOpens(kr.uri); n != 0 {
+	if n := stub.opensOf(kr.uri); n != 0 {
 		t.Errorf("opens after Add and Get = %d, want 0", n)
 	}
 }
@@ -215,13 +295,15 @@ func TestResolverAdd(t *testing.T) {
 func TestResolverPassesOptions(t *testing.T) {
 	var called atomic.Bool
 	opts := Options{Passphrase: func(string) ([]byte, error) { called.Store(true); return nil, nil }}
-	Register("stubopts", func(ctx context.Context, u *url.URL, o Options) (Keyring, error) {
-		if o.Passphrase != nil {
-			o.Passphrase("x")
-		}
-		return &stubKeyring{uri: u.String()}, nil
+	reg := NewRegistry(func(r *Registry) {
+		r.Register("stubopts", func(ctx context.Context, u *url.URL, o Options) (Keyring, error) {
+			if o.Passphrase != nil {
+				o.Passphrase("x")
+			}
+			return &stubKeyring{uri: u.String()}, nil
+		})
 	})
-	if _, err := NewResolver(opts).Get(context.Background(), "stubopts://k"); err != nil {
+	if _, err := NewResolver(reg, opts).Get(context.Background(), "stubopts://k"); err != nil {
 		t.Fatalf("Get() error = %v", err)
 	}
 	if !called.Load() {

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsfs/kmsfs/fs"
+	kmsvolume "github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/header"
 	"github.com/kmsfs/kmsfs/keyring/kmsemu"
 )
@@ -90,13 +90,13 @@ func TestDataKeyReuse(t *testing.T) {
 }
 
 // stats runs "kmsfs stats --json" against the volume's mount.
-func (v *volume) stats(t *testing.T) fs.Stats {
+func (v *volume) stats(t *testing.T) kmsvolume.Stats {
 	t.Helper()
 	r := v.kmsfs("stats", "--json", v.mnt)
 	if r.code != exitOK {
 		t.Fatalf("%v\nwant exit 0", r)
 	}
-	var s fs.Stats
+	var s kmsvolume.Stats
 	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 		t.Fatalf("stats output %q: %v", r.stdout, err)
 	}

@@ -75,6 +75,9 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
 		os.Exit(runHelper(mode))
 	}
+	if name := os.Getenv(controlSquatEnv); name != "" {
+		os.Exit(squatControl(name))
+	}
 	os.Exit(testMain(m))
 }
 

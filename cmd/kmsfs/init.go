@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
 )
 
@@ -39,10 +39,10 @@ func runInit(args []string) int {
 	var keys stringList
 	fl.Var(&keys, "key", "")
 	fl.Var(&keys, "k", "")
-	bs := fl.Int("block-size", fs.DefaultBlockSize, "")
-	fl.IntVar(bs, "b", fs.DefaultBlockSize, "")
-	reuseFiles := fl.Int("reuse-files", fs.DefaultReuseFiles, "")
-	reuseSecs := fl.Int("reuse-seconds", fs.DefaultReuseSeconds, "")
+	bs := fl.Int("block-size", volume.DefaultBlockSize, "")
+	fl.IntVar(bs, "b", volume.DefaultBlockSize, "")
+	reuseFiles := fl.Int("reuse-files", volume.DefaultReuseFiles, "")
+	reuseSecs := fl.Int("reuse-seconds", volume.DefaultReuseSeconds, "")
 	strict := fl.Bool("one-key-per-file", false, "")
 	pf := fl.String("passphrase-file", "", "")
 	fl.StringVar(pf, "p", "", "")
@@ -68,11 +68,11 @@ func runInit(args []string) int {
 	if *pf != "" {
 		opts.Passphrase = passphraseSource(*pf)
 	}
-	res := keyring.NewResolver(opts)
+	res := keyring.NewResolver(newRegistry(), opts)
 	if *strict {
 		*reuseFiles = 1
 	}
-	cfg, err := fs.Init(context.Background(), dir, fs.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs}, res)
+	cfg, err := volume.Init(context.Background(), dir, volume.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs}, res)
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
@@ -96,9 +96,9 @@ func defaultKeyURI() (string, error) {
 // exitCode maps an error to the documented exit code.
 func exitCode(err error) int {
 	switch {
-	case errors.Is(err, fs.ErrNotVolume), errors.Is(err, fs.ErrBadConfig), errors.Is(err, fs.ErrCorrupt):
+	case errors.Is(err, volume.ErrNotVolume), errors.Is(err, volume.ErrBadConfig), errors.Is(err, volume.ErrCorrupt):
 		return exitNotVolume
-	case errors.Is(err, fs.ErrKeyUnavailable), errors.Is(err, keyring.ErrBadURI), keyring.IsPermanent(err),
+	case errors.Is(err, volume.ErrKeyUnavailable), errors.Is(err, keyring.ErrBadURI), keyring.IsPermanent(err),
 		errors.Is(err, keyring.ErrUnavailable), errors.Is(err, keyring.ErrThrottled):
 		return exitKey
 	}

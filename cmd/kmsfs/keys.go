@@ -15,7 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/fs/control"
+	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
 )
 
@@ -36,7 +37,7 @@ func runStats(args []string) int {
 		return usageError("stats takes one mount point")
 	}
 	mnt, _ := filepath.Abs(pos[0])
-	b, err := fs.Control(mnt, "stats")
+	b, err := control.Request(mnt, "stats")
 	if err != nil {
 		return errorf(exitError, "%v", err)
 	}
@@ -44,7 +45,7 @@ func runStats(args []string) int {
 		os.Stdout.Write(b)
 		return exitOK
 	}
-	var s fs.Stats
+	var s volume.Stats
 	if err := json.Unmarshal(b, &s); err != nil {
 		return errorf(exitError, "stats: %v", err)
 	}
@@ -110,12 +111,13 @@ func runRewrap(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var logBuf bytes.Buffer
-	res := keyring.NewResolver(keyring.Options{Passphrase: passphraseSource(*pf), Create: false})
+	reg := newRegistry()
+	res := keyring.NewResolver(reg, keyring.Options{Passphrase: passphraseSource(*pf), Create: false})
 	res.SetCache(keyring.NewCache(24*time.Hour, 1<<20))
 	for _, u := range add {
 		// Like init, create a local key file that does not exist yet.
 		if strings.HasPrefix(u, "local:") {
-			kr, err := keyring.Open(ctx, u, keyring.Options{Create: true})
+			kr, err := reg.Open(ctx, u, keyring.Options{Create: true})
 			if err != nil {
 				return errorf(exitCode(err), "key to add: %v", err)
 			}
@@ -124,7 +126,7 @@ func runRewrap(args []string) int {
 			}
 		}
 	}
-	vol, err := fs.Open(ctx, dir, res, fs.OpenOptions{ExtraKeys: extra, Log: log.New(&logBuf, "", 0)})
+	vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Log: log.New(&logBuf, "", 0)})
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
@@ -143,9 +145,9 @@ func runRewrap(args []string) int {
 			fmt.Fprintln(os.Stderr)
 		}
 	}
-	r, err := fs.Rewrap(ctx, vol, fs.RewrapOptions{Add: add, Remove: remove, Progress: progress, BeforeFiles: func() {
+	r, err := volume.Rewrap(ctx, vol, volume.RewrapOptions{Add: add, Remove: remove, Progress: progress, BeforeFiles: func() {
 		if mnt != "" {
-			if _, err := fs.Control(mnt, "reload"); err != nil {
+			if _, err := control.Request(mnt, "reload"); err != nil {
 				fmt.Fprintf(os.Stderr, "kmsfs: warning: the mount at %s did not reload its keys: %v\n", mnt, err)
 			}
 		}

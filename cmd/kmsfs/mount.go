@@ -24,6 +24,8 @@ import (
 	"golang.org/x/term"
 
 	"github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/fs/control"
+	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
 )
 
@@ -101,9 +103,9 @@ func runMount(args []string) int {
 	} else if !fi.IsDir() {
 		return errorf(exitNotVolume, "cipher directory %s is not a directory", cipherDir)
 	}
-	if _, err := os.Stat(filepath.Join(cipherDir, fs.ConfigName)); err != nil {
+	if _, err := os.Stat(filepath.Join(cipherDir, volume.ConfigName)); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			errorf(exitNotVolume, "%s: %v", cipherDir, fs.ErrNotVolume)
+			errorf(exitNotVolume, "%s: %v", cipherDir, volume.ErrNotVolume)
 			hintf("create one with 'kmsfs init %s'", cipherDir)
 			return exitNotVolume
 		}
@@ -114,7 +116,7 @@ func runMount(args []string) int {
 		// prompts happen on the user's terminal.
 		var pass []byte
 		src := passphraseSource(*pf)
-		res := keyring.NewResolver(keyring.Options{Passphrase: func(prompt string) ([]byte, error) {
+		res := keyring.NewResolver(newRegistry(), keyring.Options{Passphrase: func(prompt string) ([]byte, error) {
 			p, err := src(prompt)
 			if err == nil {
 				pass = bytes.Clone(p)
@@ -122,7 +124,7 @@ func runMount(args []string) int {
 			return p, err
 		}})
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		_, err := fs.Open(ctx, cipherDir, res, fs.OpenOptions{ExtraKeys: extra})
+		_, err := volume.Open(ctx, cipherDir, res, volume.OpenOptions{ExtraKeys: extra})
 		cancel()
 		if err != nil {
 			return errorf(exitCode(err), "%v", err)
@@ -146,11 +148,11 @@ func runMount(args []string) int {
 	if fdStr := os.Getenv(envPassFD); fdStr != "" {
 		opts.Passphrase = passphraseFromFD(fdStr)
 	}
-	res := keyring.NewResolver(opts)
+	res := keyring.NewResolver(newRegistry(), opts)
 	cache := keyring.NewCache(*cacheTTL, *cacheSize)
 	res.SetCache(cache)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	vol, err := fs.Open(ctx, cipherDir, res, fs.OpenOptions{Log: logger, ExtraKeys: extra})
+	vol, err := volume.Open(ctx, cipherDir, res, volume.OpenOptions{Log: logger, ExtraKeys: extra})
 	cancel()
 	if err != nil {
 		return ready(exitCode(err), err.Error())
@@ -165,7 +167,7 @@ func runMount(args []string) int {
 	if err != nil {
 		return ready(exitMount, err.Error())
 	}
-	if ctl, err := fs.ServeControl(vol, mnt); err != nil {
+	if ctl, err := control.Serve(controlled{vol}, mnt); err != nil {
 		logger.Printf("kmsfs: %v (kmsfs stats and rewrap reloads will not reach this mount)", err)
 	} else {
 		defer ctl.Close()
@@ -385,3 +387,9 @@ func runUmount(args []string) int {
 	}
 	return exitOK
 }
+
+// controlled is a mounted volume as the control socket serves it.
+type controlled struct{ *volume.Volume }
+
+// Stats returns the volume's counters.
+func (c controlled) Stats() any { return c.Volume.Stats() }

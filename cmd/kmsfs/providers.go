@@ -1,9 +1,16 @@
 package main
 
-// The cloud KMS providers register their URI schemes (alibaba-kms,
-// tencent-kms, huawei-kms) with the keyring package when imported.
 import (
-	_ "github.com/kmsfs/kmsfs/keyring/alibaba"
-	_ "github.com/kmsfs/kmsfs/keyring/huawei"
-	_ "github.com/kmsfs/kmsfs/keyring/tencent"
+	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/alibaba"
+	"github.com/kmsfs/kmsfs/keyring/huawei"
+	"github.com/kmsfs/kmsfs/keyring/local"
+	"github.com/kmsfs/kmsfs/keyring/tencent"
 )
+
+// newRegistry returns the key providers kmsfs knows: the embedded local
+// keyring, always available, and the cloud KMS providers (alibaba-kms,
+// tencent-kms, huawei-kms).
+func newRegistry() *keyring.Registry {
+	return keyring.NewRegistry(local.Register, alibaba.Register, huawei.Register, tencent.Register)
+}

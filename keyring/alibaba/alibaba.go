@@ -44,8 +44,9 @@ const Scheme = "alibaba-kms"
 // in flight per keyring (the SDK client is not safe for concurrent use).
 const poolSize = 8
 
-func init() {
-	keyring.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
+// Register adds the Alibaba Cloud KMS provider to reg under Scheme.
+func Register(reg *keyring.Registry) {
+	reg.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
 		return Open(ctx, u)
 	})
 }

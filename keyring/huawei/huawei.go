@@ -52,8 +52,9 @@ const Scheme = "huawei-kms"
 // in flight per keyring.
 const poolSize = 8
 
-func init() {
-	keyring.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
+// Register adds the Huawei Cloud KMS provider to reg under Scheme.
+func Register(reg *keyring.Registry) {
+	reg.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
 		return Open(ctx, u)
 	})
 }

@@ -4,8 +4,8 @@
 //
 // Key URIs have the form local:///ABSOLUTE/PATH/TO/KEYFILE. The key file
 // and the wrapped key layout are specified in docs/FORMAT.md ("Local
-// keyring key file"). Importing the package registers the "local" scheme
-// with keyring.Register.
+// keyring key file"). Register adds the "local" scheme to a
+// keyring.Registry.
 //
 // The master key and the key-wrapping key derived from it live in locked
 // memory (keyring.Key) for the life of a Keyring. Two copies escape it and
@@ -58,8 +58,9 @@ var (
 	ErrClosed = errors.New("local keyring is closed")
 )
 
-func init() {
-	keyring.Register(Scheme, open)
+// Register adds the local keyring to reg under Scheme.
+func Register(reg *keyring.Registry) {
+	reg.Register(Scheme, open)
 }
 
 // URI returns the key URI naming the key file at the absolute path.

@@ -38,9 +38,9 @@ func openT(t *testing.T, path string, opts keyring.Options) *Keyring {
 
 func TestConformance(t *testing.T) {
 	keyringtest.Run(t, func(t *testing.T) keyring.Keyring {
-		kr, err := keyring.Open(context.Background(), URI(newKeyFile(t)), keyring.Options{})
+		kr, err := keyring.NewRegistry(Register).Open(context.Background(), URI(newKeyFile(t)), keyring.Options{})
 		if err != nil {
-			t.Fatalf("keyring.Open() error = %v", err)
+			t.Fatalf("Registry.Open() error = %v", err)
 		}
 		t.Cleanup(func() { kr.(*Keyring).Close() })
 		return kr
@@ -133,9 +133,9 @@ func TestParseURI(t *testing.T) {
 }
 
 func TestOpenBadURI(t *testing.T) {
-	_, err := keyring.Open(context.Background(), "local://host/k", keyring.Options{})
+	_, err := keyring.NewRegistry(Register).Open(context.Background(), "local://host/k", keyring.Options{})
 	if !errors.Is(err, keyring.ErrBadURI) {
-		t.Errorf("keyring.Open(local://host/k) error = %v, want keyring.ErrBadURI", err)
+		t.Errorf("Registry.Open(local://host/k) error = %v, want keyring.ErrBadURI", err)
 	}
 	if _, err := Open("rel/key", keyring.Options{Create: true}); !errors.Is(err, keyring.ErrBadURI) {
 		t.Errorf("Open(rel/key) error = %v, want keyring.ErrBadURI", err)

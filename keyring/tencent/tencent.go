@@ -36,8 +36,9 @@ import (
 // Scheme is the URI scheme of this provider.
 const Scheme = "tencent-kms"
 
-func init() {
-	keyring.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
+// Register adds the Tencent Cloud KMS provider to reg under Scheme.
+func Register(reg *keyring.Registry) {
+	reg.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
 		return Open(ctx, u)
 	})
 }

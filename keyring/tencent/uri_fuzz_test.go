@@ -12,8 +12,8 @@ import (
 	"github.com/kmsfs/kmsfs/keyring"
 )
 
-// FuzzOpenURI feeds key URIs to the opener registered for tencent-kms,
-// through keyring.Open. Credentials come from the environment, so Open
+// FuzzOpenURI feeds key URIs to the opener that Register adds for tencent-kms,
+// through keyring.Registry.Open. Credentials come from the environment, so Open
 // resolves them without a network call and makes no KMS call.
 //
 // It checks that Open never panics, that every rejection wraps
@@ -29,44 +29,45 @@ func FuzzOpenURI(f *testing.F) {
 	f.Add("tencent-kms://ap-guangzhou/1234abcd-12ab-34cd-56ef-1234567890ab?endpoint=http://[::1]:8080")
 	f.Add("tencent-kms://ap-guangzhou/key?endpoint=http://kms.example.com")
 
+	reg := keyring.NewRegistry(Register)
 	f.Fuzz(func(t *testing.T, raw string) {
 		if u, err := url.Parse(raw); err == nil && u.Scheme != Scheme {
 			return // another provider's URI
 		}
-		kr, err := keyring.Open(context.Background(), raw, keyring.Options{})
+		kr, err := reg.Open(context.Background(), raw, keyring.Options{})
 		if err != nil {
 			if !errors.Is(err, keyring.ErrBadURI) {
-				t.Fatalf("keyring.Open(%q) error = %v, want keyring.ErrBadURI", raw, err)
+				t.Fatalf("reg.Open(%q) error = %v, want keyring.ErrBadURI", raw, err)
 			}
 			return
 		}
 		k, ok := kr.(*Keyring)
 		if !ok {
-			t.Fatalf("keyring.Open(%q) = %T, want *Keyring", raw, kr)
+			t.Fatalf("reg.Open(%q) = %T, want *Keyring", raw, kr)
 		}
 		ku := k.uri
 		if !validRegion(ku.Region) {
-			t.Fatalf("keyring.Open(%q) accepted region %q", raw, ku.Region)
+			t.Fatalf("reg.Open(%q) accepted region %q", raw, ku.Region)
 		}
 		if !validKey(ku.Key) {
-			t.Fatalf("keyring.Open(%q) accepted key %q", raw, ku.Key)
+			t.Fatalf("reg.Open(%q) accepted key %q", raw, ku.Key)
 		}
 		if len(ku.Query) != 0 {
-			t.Fatalf("keyring.Open(%q) accepted query parameters %v", raw, ku.Query)
+			t.Fatalf("reg.Open(%q) accepted query parameters %v", raw, ku.Query)
 		}
 		if ep := ku.Endpoint; ep != nil {
 			if why := badEndpoint(ep); why != "" {
-				t.Fatalf("keyring.Open(%q) accepted endpoint %q: %s", raw, ep, why)
+				t.Fatalf("reg.Open(%q) accepted endpoint %q: %s", raw, ep, why)
 			}
 		}
 
-		again, err := keyring.Open(context.Background(), k.URI(), keyring.Options{})
+		again, err := reg.Open(context.Background(), k.URI(), keyring.Options{})
 		if err != nil {
-			t.Fatalf("keyring.Open(%q) error = %v; it was rendered from %q", k.URI(), err, raw)
+			t.Fatalf("reg.Open(%q) error = %v; it was rendered from %q", k.URI(), err, raw)
 		}
 		ku2 := again.(*Keyring).uri
 		if ku2.Region != ku.Region || ku2.Key != ku.Key || endpointString(ku2.Endpoint) != endpointString(ku.Endpoint) || !reflect.DeepEqual(ku2.Query, ku.Query) {
-			t.Fatalf("keyring.Open(%q) = %+v, want %+v (the values parsed from %q)", k.URI(), ku2, ku, raw)
+			t.Fatalf("reg.Open(%q) = %+v, want %+v (the values parsed from %q)", k.URI(), ku2, ku, raw)
 		}
 	})
 }

@@ -1,15 +1,16 @@
-package fs
+package cryptfile
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"log"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/fs/backing"
 	"github.com/kmsfs/kmsfs/header"
 )
 
@@ -46,31 +47,93 @@ import (
 //	             path length (2) | path relative to the backing directory
 //	offset 4096: the copy of the ciphertext
 const (
-	journalName  = "kmsfs.journal"
+	// JournalName is the name of the journal file in the root of the
+	// backing directory; it is invisible through the mount.
+	JournalName  = "kmsfs.journal"
 	journalSlots = 8
 	journalHdr   = 4096
-	maxJournPath = journalHdr - 54
+	recordFixed  = 54
+	maxJournPath = journalHdr - recordFixed
 )
 
 var journalMagic = []byte("KMSFSJ2\x00")
 
-type journal struct {
+// Journal is the write journal of a volume.
+type Journal struct {
 	fd       int
 	slotSize int64
 	free     chan int
+	log      *log.Logger
 }
 
-// openJournal opens (creating) the journal of the volume and replays
-// whatever a crash left in it. maxData is the largest ciphertext one
-// write may produce.
-func openJournal(v *Volume, maxData int) (*journal, error) {
-	p := filepath.Join(v.Dir, journalName)
-	fd, err := syscall.Open(p, syscall.O_RDWR|syscall.O_CREAT|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("write journal %s: %w", p, err)
+// record is one journal slot's header.
+type record struct {
+	fileID [16]byte
+	ino    uint64
+	coff   int64 // where the copy goes in the file
+	length int   // length of the copy
+	cut    int64 // cut the file here after the copy, or -1
+	path   string
+}
+
+// errNoRecord means a slot holds no record.
+var errNoRecord = errors.New("no record")
+
+// parseRecord parses a slot header; slotData is how many bytes of copy
+// a slot holds. It returns errNoRecord for a cleared slot.
+func parseRecord(b []byte, slotData int64) (record, error) {
+	var r record
+	if len(b) < recordFixed || string(b[:8]) != string(journalMagic) {
+		return r, errNoRecord
 	}
-	j := &journal{fd: fd, slotSize: int64(journalHdr + (maxData+4095)/4096*4096), free: make(chan int, journalSlots)}
-	if err := j.replay(v); err != nil {
+	copy(r.fileID[:], b[8:24])
+	r.ino = binary.BigEndian.Uint64(b[24:32])
+	r.coff = int64(binary.BigEndian.Uint64(b[32:40]))
+	r.length = int(binary.BigEndian.Uint32(b[40:44]))
+	r.cut = int64(binary.BigEndian.Uint64(b[44:52]))
+	plen := int(binary.BigEndian.Uint16(b[52:54]))
+	switch {
+	case plen == 0 || plen > maxJournPath || recordFixed+plen > len(b):
+		return r, fmt.Errorf("path length %d out of range", plen)
+	case int64(r.length) > slotData || r.length < 0:
+		return r, fmt.Errorf("copy of %d bytes does not fit a slot", r.length)
+	case r.coff < 0:
+		return r, fmt.Errorf("negative offset %d", r.coff)
+	case r.cut < -1:
+		return r, fmt.Errorf("bad cut %d", r.cut)
+	}
+	r.path = string(b[recordFixed : recordFixed+plen])
+	if r.path[0] == '/' || strings.Contains("/"+r.path+"/", "/../") || strings.ContainsRune(r.path, 0) {
+		return r, fmt.Errorf("path %q leaves the backing directory", r.path)
+	}
+	return r, nil
+}
+
+// marshal writes the record into b, which has room for it.
+func (r *record) marshal(b []byte) []byte {
+	h := b[:recordFixed+len(r.path)]
+	copy(h, journalMagic)
+	copy(h[8:24], r.fileID[:])
+	binary.BigEndian.PutUint64(h[24:32], r.ino)
+	binary.BigEndian.PutUint64(h[32:40], uint64(r.coff))
+	binary.BigEndian.PutUint32(h[40:44], uint32(r.length))
+	binary.BigEndian.PutUint64(h[44:52], uint64(r.cut))
+	binary.BigEndian.PutUint16(h[52:54], uint16(len(r.path)))
+	copy(h[recordFixed:], r.path)
+	return h
+}
+
+// OpenJournal opens (creating) the journal in the root of the backing
+// directory dir and replays whatever a crash left in it; maxData is the
+// largest ciphertext one write may produce. Problems with single records
+// are logged to logger and skipped.
+func OpenJournal(dir *backing.Dir, maxData int, logger *log.Logger) (*Journal, error) {
+	fd, err := dir.Open(JournalName, syscall.O_RDWR|syscall.O_CREAT, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("write journal %s/%s: %w", dir.Path, JournalName, err)
+	}
+	j := &Journal{fd: fd, slotSize: int64(journalHdr + (maxData+4095)/4096*4096), free: make(chan int, journalSlots), log: logger}
+	if err := j.replay(dir); err != nil {
 		syscall.Close(fd)
 		return nil, err
 	}
@@ -80,14 +143,15 @@ func openJournal(v *Volume, maxData int) (*journal, error) {
 	return j, nil
 }
 
-func (j *journal) close() {
+// Close closes the journal file.
+func (j *Journal) Close() {
 	if j != nil {
 		syscall.Close(j.fd)
 	}
 }
 
 // replay redoes the writes of every slot that holds a record.
-func (j *journal) replay(v *Volume) error {
+func (j *Journal) replay(dir *backing.Dir) error {
 	hdr := make([]byte, journalHdr)
 	for i := 0; i < journalSlots; i++ {
 		off := int64(i) * j.slotSize
@@ -95,22 +159,18 @@ func (j *journal) replay(v *Volume) error {
 		if err != nil {
 			return fmt.Errorf("reading write journal: %w", err)
 		}
-		if n < 54 || string(hdr[:8]) != string(journalMagic) {
+		r, err := parseRecord(hdr[:n], j.slotSize-journalHdr)
+		switch {
+		case err == errNoRecord:
 			continue
-		}
-		var fileID [16]byte
-		copy(fileID[:], hdr[8:24])
-		ino := binary.BigEndian.Uint64(hdr[24:32])
-		coff := int64(binary.BigEndian.Uint64(hdr[32:40]))
-		length := int(binary.BigEndian.Uint32(hdr[40:44]))
-		cut := int64(binary.BigEndian.Uint64(hdr[44:52]))
-		plen := int(binary.BigEndian.Uint16(hdr[52:54]))
-		if plen > maxJournPath || int64(length) > j.slotSize-journalHdr || coff < 0 {
-			v.Log.Printf("kmsfs: write journal slot %d is damaged; skipped", i)
-		} else if err := j.redo(v, string(hdr[54:54+plen]), ino, fileID, coff, length, cut, off+journalHdr); err != nil {
-			v.Log.Printf("kmsfs: write journal slot %d (%s): not replayed: %v", i, hdr[54:54+plen], err)
-		} else {
-			v.Log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d)", hdr[54:54+plen], length, coff)
+		case err != nil:
+			j.log.Printf("kmsfs: write journal slot %d is damaged (%v); skipped", i, err)
+		default:
+			if err := j.redo(dir, &r, off+journalHdr); err != nil {
+				j.log.Printf("kmsfs: write journal slot %d (%s): not replayed: %v", i, r.path, err)
+			} else {
+				j.log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d)", r.path, r.length, r.coff)
+			}
 		}
 		if err := pwriteFull(j.fd, make([]byte, 8), off); err != nil {
 			return fmt.Errorf("clearing write journal: %w", err)
@@ -119,11 +179,10 @@ func (j *journal) replay(v *Volume) error {
 	return nil
 }
 
-func (j *journal) redo(v *Volume, rel string, ino uint64, fileID [16]byte, coff int64, length int, cut int64, dataOff int64) error {
-	if strings.Contains("/"+rel+"/", "/../") {
-		return errors.New("bad path")
-	}
-	fd, err := syscall.Open(filepath.Join(v.Dir, rel), syscall.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+// redo does the write of record r again; its copy is at dataOff of the
+// journal.
+func (j *Journal) redo(dir *backing.Dir, r *record, dataOff int64) error {
+	fd, err := dir.Open(r.path, syscall.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
@@ -132,7 +191,7 @@ func (j *journal) redo(v *Volume, rel string, ino uint64, fileID [16]byte, coff 
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if st.Ino != ino {
+	if st.Ino != r.ino || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return errors.New("the file was replaced")
 	}
 	pre := make([]byte, header.PreambleSize)
@@ -140,41 +199,32 @@ func (j *journal) redo(v *Volume, rel string, ino uint64, fileID [16]byte, coff 
 		return fmt.Errorf("reading its header: %w", err)
 	}
 	p, err := header.ParsePreamble(pre)
-	if err != nil || p.FileID != fileID {
+	if err != nil || p.FileID != r.fileID {
 		return errors.New("the file has another file ID")
 	}
-	data := make([]byte, length)
+	data := make([]byte, r.length)
 	if err := preadFull(j.fd, data, dataOff); err != nil {
 		return fmt.Errorf("reading the journal: %w", err)
 	}
-	if err := pwriteFull(fd, data, coff); err != nil {
+	if err := pwriteFull(fd, data, r.coff); err != nil {
 		return err
 	}
-	if cut >= 0 {
-		return syscall.Ftruncate(fd, cut)
+	if r.cut >= 0 {
+		return syscall.Ftruncate(fd, r.cut)
 	}
 	return nil
 }
 
-// pwrite writes data at off of the backing file fd of node n, atomically
-// with respect to the death of the server. If the journal cannot take the
-// record (no space, say), nothing is written and the error is returned.
-func (j *journal) pwrite(n *Node, fd int, data *sealed, off int64) error {
-	return j.write(n, fd, data, off, false)
-}
-
-// pwriteEnd is pwrite for a write that becomes the end of the file: the
-// file is cut to end with it (truncation to a size inside a block).
-func (j *journal) pwriteEnd(n *Node, fd int, data []byte, off int64) error {
-	return j.write(n, fd, complete(data), off, true)
-}
-
-// write writes ct, which may still be being sealed; it returns once every
-// step of ct is sealed, whether it failed or not.
-func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error {
+// write writes ct at off of the backing file fd of f, atomically with
+// respect to the death of the process; with end set, the file is cut to
+// end with it (truncation to a size inside a block). If the journal
+// cannot take the record (no space, say), nothing is written and the
+// error is returned. ct may still be being sealed; write returns once
+// every step of it is sealed, whether it failed or not. f.mu is held
+// exclusively. A nil journal writes without a record.
+func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error {
 	defer ct.wait()
 	data := ct.data
-	rel := n.Path(n.Root())
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return err
@@ -184,13 +234,13 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 	// which is all the append changed. Leaving its space to the file
 	// system's delayed allocation keeps the file in one extent.
 	appending := off >= st.Size
-	if !appending && !n.allocated(fd, &st, off, int64(len(data))) {
+	if !appending && !f.allocated(fd, &st, off, int64(len(data))) {
 		if err := reserve(fd, off, int64(len(data))); err != nil {
 			return err
 		}
 	}
 	if off > st.Size {
-		n.holes = holesMaybe // the gap before off is a hole
+		f.holes = holesMaybe // the gap before off is a hole
 	}
 	writeData := func() error {
 		err := ct.pwrite(fd, off)
@@ -201,7 +251,11 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 		}
 		return err
 	}
-	if j == nil || len(rel) > maxJournPath || int64(len(data)) > j.slotSize-journalHdr || n.keys == nil {
+	var rel string
+	if j != nil {
+		rel = f.name()
+	}
+	if j == nil || rel == "" || len(rel) > maxJournPath || int64(len(data)) > j.slotSize-journalHdr || f.key == nil {
 		if end {
 			if err := syscall.Ftruncate(fd, off+int64(len(data))); err != nil {
 				return err
@@ -215,7 +269,7 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 	if end {
 		cut = off + int64(len(data))
 	} else if off+int64(len(data)) > st.Size {
-		cb := int64(n.vol.Layout.CipherBlockSize())
+		cb := int64(f.cfg.Layout.CipherBlockSize())
 		copyLen = 0
 		if st.Size > off {
 			copyLen = min((st.Size-off+cb-1)/cb*cb, int64(len(data)))
@@ -233,16 +287,8 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 	}
 	hb := getBuf(journalHdr)
 	defer putBuf(hb)
-	h := (*hb)[:54+len(rel)]
-	copy(h, journalMagic)
-	copy(h[8:24], n.keys.fileID[:])
-	binary.BigEndian.PutUint64(h[24:32], st.Ino)
-	binary.BigEndian.PutUint64(h[32:40], uint64(off))
-	binary.BigEndian.PutUint32(h[40:44], uint32(copyLen))
-	binary.BigEndian.PutUint64(h[44:52], uint64(cut))
-	binary.BigEndian.PutUint16(h[52:54], uint16(len(rel)))
-	copy(h[54:], rel)
-	if err := pwriteFull(j.fd, h, base); err != nil {
+	r := record{fileID: f.key.FileID(), ino: st.Ino, coff: off, length: int(copyLen), cut: cut, path: rel}
+	if err := pwriteFull(j.fd, r.marshal(*hb), base); err != nil {
 		return fmt.Errorf("write journal: %w", err)
 	}
 	var err error
@@ -263,21 +309,21 @@ func (j *journal) write(n *Node, fd int, ct *sealed, off int64, end bool) error 
 // allocated reports whether [off, off+size) of the backing file, whose
 // stat is st, certainly has disk space already: it lies inside the file
 // and the file has no holes. Asking the file system whether it has holes
-// costs one lseek per node, instead of one fallocate per write; n.mu is
+// costs one lseek per file, instead of one fallocate per write; f.mu is
 // held exclusively.
-func (n *Node) allocated(fd int, st *syscall.Stat_t, off, size int64) bool {
+func (f *File) allocated(fd int, st *syscall.Stat_t, off, size int64) bool {
 	if off+size > st.Size {
 		return false
 	}
-	if n.holes == holesUnknown {
+	if f.holes == holesUnknown {
 		// Space fallocated but not yet written also counts as a hole here:
 		// a false "maybe" only costs the fallocate calls.
-		n.holes = holesMaybe
+		f.holes = holesMaybe
 		if hole, err := unix.Seek(fd, 0, unix.SEEK_HOLE); err == nil && hole >= st.Size {
-			n.holes = holesNone
+			f.holes = holesNone
 		}
 	}
-	return n.holes == holesNone
+	return f.holes == holesNone
 }
 
 // reserve makes sure the backing file has space for [off, off+n) before

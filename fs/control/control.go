@@ -1,4 +1,7 @@
-package fs
+// Package control is the control socket of a running mount: kmsfs
+// commands ask the server of a mount point for its counters ("stats")
+// and make it re-read its configuration ("reload").
+package control
 
 import (
 	"bufio"
@@ -18,17 +21,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The control socket lets kmsfs commands talk to a running mount: "stats"
-// returns the volume's counters as JSON and "reload" re-reads its
-// configuration. It is an abstract Unix socket named after the mount
-// point; only the user running the server and root may use it.
+// Server is what the control socket serves: a mounted volume.
+type Server interface {
+	// Stats returns the counters "kmsfs stats" prints, as a value that
+	// encodes to JSON.
+	Stats() any
+	// Reload reads the volume configuration again.
+	Reload(ctx context.Context) error
+	// Keys returns the key URIs new files are wrapped under.
+	Keys() []string
+}
+
+// The socket is an abstract Unix socket named after the mount point; only
+// the user running the server and root may use it.
 
 func controlAddr(mountpoint string) string {
 	sum := sha256.Sum256([]byte(mountpoint))
 	return "@kmsfs-" + hex.EncodeToString(sum[:12])
 }
 
-// ServeControl answers control requests for v mounted at mountpoint until
+// Serve answers control requests for v mounted at mountpoint until
 // the returned listener is closed.
 //
 // The socket is blocking and served with plain system calls rather than
@@ -38,7 +50,7 @@ func controlAddr(mountpoint string) string {
 // timer does the same, hence keyring.Cache's timer only while it holds
 // keys; without both, 4 KiB random reads with one job went from about
 // 20k to 26k IOPS here.)
-func ServeControl(v *Volume, mountpoint string) (io.Closer, error) {
+func Serve(v Server, mountpoint string) (io.Closer, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
@@ -62,7 +74,7 @@ func ServeControl(v *Volume, mountpoint string) (io.Closer, error) {
 			if err != nil {
 				return // shut down by Close
 			}
-			go serveControlConn(v, cfd)
+			go serveConn(v, cfd)
 		}
 	}()
 	return l, nil
@@ -97,7 +109,7 @@ func peerAllowed(fd int) bool {
 // controlTimeout bounds each read and write of a control connection.
 const controlTimeout = 2 * time.Minute
 
-func serveControlConn(v *Volume, fd int) {
+func serveConn(v Server, fd int) {
 	tv := unix.NsecToTimeval(controlTimeout.Nanoseconds())
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
@@ -134,14 +146,46 @@ func serveControlConn(v *Volume, fd int) {
 // ErrNoServer means no kmsfs server answers for the mount point.
 var ErrNoServer = errors.New("no kmsfs server is running for this mount point")
 
-// Control sends a request ("stats" or "reload") to the server of
+// ErrImpostor means the control socket of the mount point is held by a
+// process of another user: not a kmsfs server this user may trust.
+var ErrImpostor = errors.New("the control socket is held by a process of another user, not by this user's kmsfs server")
+
+// checkServer checks that the process at the other end of c runs as
+// root or as this user.
+func checkServer(c *net.UnixConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("checking the control socket's owner: %w", cerr)
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
+		return fmt.Errorf("%w (uid %d, pid %d)", ErrImpostor, cred.Uid, cred.Pid)
+	}
+	return nil
+}
+
+// Request sends a request ("stats" or "reload") to the server of
 // mountpoint and returns its JSON answer.
-func Control(mountpoint, request string) ([]byte, error) {
+func Request(mountpoint, request string) ([]byte, error) {
 	c, err := net.DialTimeout("unix", controlAddr(mountpoint), 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", mountpoint, ErrNoServer)
 	}
 	defer c.Close()
+	// Abstract socket names are first come, first served across users:
+	// talk only to a server run by this user or by root.
+	if err := checkServer(c.(*net.UnixConn)); err != nil {
+		return nil, fmt.Errorf("%s: %w", mountpoint, err)
+	}
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	if _, err := fmt.Fprintln(c, request); err != nil {
 		return nil, err

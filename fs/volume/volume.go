@@ -1,9 +1,9 @@
-// Package fs is the kmsfs filesystem: a go-fuse loopback over a backing
-// directory in which every regular file is stored in the kmsfs format
-// (docs/FORMAT.md). It owns the FUSE side and the life of per-file keys;
-// the format itself lives in packages header and blockcipher, and key
-// services in package keyring.
-package fs
+// Package volume is an opened kmsfs volume: its configuration
+// (docs/FORMAT.md, "Volume configuration"), the key slots of its files
+// and how they are unlocked, the data keys of new files, and rewrap.
+// It hands file keys to the encrypted-file engine (package cryptfile)
+// through the cryptfile.Keyer interface and knows nothing of FUSE.
+package volume
 
 import (
 	"bytes"
@@ -19,9 +19,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/fs/backing"
+	"github.com/kmsfs/kmsfs/fs/cryptfile"
 	"github.com/kmsfs/kmsfs/header"
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -46,9 +51,17 @@ var (
 	ErrNotEmpty = errors.New("directory is not empty")
 	// ErrKeyUnavailable: no key slot of a file could be opened.
 	ErrKeyUnavailable = errors.New("no key could open the file")
-	// ErrCorrupt: a header or block failed authentication or parsing.
-	ErrCorrupt = errors.New("file is corrupted or was tampered with")
+	// ErrCorrupt: a header or block failed authentication or parsing
+	// (the engine's own error, so that both layers' failures match it).
+	ErrCorrupt = cryptfile.ErrCorrupt
 )
+
+// Internal reports whether name, in the root of the backing directory,
+// is one of kmsfs's own files: the configuration, its temporary copy
+// and the write journal. They are invisible through the mount.
+func Internal(name string) bool {
+	return name == ConfigName || name == ConfigName+".tmp" || name == cryptfile.JournalName
+}
 
 // Config is the plaintext of the volume configuration (docs/FORMAT.md).
 type Config struct {
@@ -88,10 +101,10 @@ type Volume struct {
 	// key material or file contents.
 	Log *log.Logger
 
-	res     *keyring.Resolver
-	keys    *keySource
-	journal *journal // set while mounted
-	extra   []string // key URIs tried for slots of the same scheme
+	dir   *backing.Dir
+	res   *keyring.Resolver
+	keys  *keySource
+	extra []string // key URIs tried for slots of the same scheme
 	// alias maps a key URI that failed to the extra key that opened its
 	// slot instead; new files are wrapped with the extra key but keep the
 	// configured URI in their slots.
@@ -181,7 +194,13 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 	if err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, ConfigName)); err == nil {
+	d, err := backing.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	defer d.Close()
+	var st unix.Stat_t
+	if unix.Fstatat(d.Fd(), ConfigName, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 		return nil, fmt.Errorf("init %s: already a kmsfs volume", dir)
 	}
 	ents, err := os.ReadDir(dir)
@@ -204,38 +223,42 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 	}
 	cfg := Config{Format: "kmsfs", Version: 1, VolumeID: hex.EncodeToString(id[:]), BlockSize: blockSize, Keys: keyURIs,
 		ReuseFiles: o.ReuseFiles, ReuseSeconds: o.ReuseSeconds}
-	v := &Volume{Dir: dir, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0)}
+	v := &Volume{Dir: dir, dir: d, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0)}
 	if err := v.writeConfig(ctx, &cfg); err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
 	return &cfg, nil
 }
 
-func writeFileSync(path string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+// writeFileSync creates name in the root of d with data, synced; a
+// file of that name must not exist.
+func writeFileSync(d *backing.Dir, name string, data []byte, mode uint32) error {
+	fd, err := d.Open(name, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL, mode)
 	if err != nil {
 		return err
 	}
+	f := os.NewFile(uintptr(fd), filepath.Join(d.Path, name))
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		os.Remove(path)
+		unix.Unlinkat(d.Fd(), name, 0)
 		return err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		os.Remove(path)
+		unix.Unlinkat(d.Fd(), name, 0)
 		return err
 	}
 	return f.Close()
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// syncDir syncs the root directory of d.
+func syncDir(d *backing.Dir) error {
+	fd, err := d.Open(".", syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	return d.Sync()
+	defer syscall.Close(fd)
+	return syscall.Fsync(fd)
 }
 
 // Open opens the volume in dir: it reads and authenticates the
@@ -257,9 +280,14 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("open volume %s: not a directory", abs)
 	}
-	v := &Volume{Dir: abs, res: res, Log: logger, extra: o.ExtraKeys}
+	d, err := backing.Open(abs)
+	if err != nil {
+		return nil, fmt.Errorf("open volume: %w", err)
+	}
+	v := &Volume{Dir: abs, dir: d, res: res, Log: logger, extra: o.ExtraKeys}
 	cfg, err := v.readConfig(ctx)
 	if err != nil {
+		d.Close()
 		return nil, err
 	}
 	v.setConfig(cfg)
@@ -275,13 +303,14 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 // first call it also sets the volume's geometry from it.
 func (v *Volume) readConfig(ctx context.Context) (*Config, error) {
 	cpath := filepath.Join(v.Dir, ConfigName)
-	f, err := os.Open(cpath)
-	if errors.Is(err, os.ErrNotExist) {
+	fd, err := v.dir.Open(ConfigName, syscall.O_RDONLY, 0)
+	if errors.Is(err, syscall.ENOENT) {
 		return nil, fmt.Errorf("%s: %w", v.Dir, ErrNotVolume)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open volume: %w", err)
+		return nil, fmt.Errorf("open volume: %s: %w", cpath, err)
 	}
+	f := os.NewFile(uintptr(fd), cpath)
 	defer f.Close()
 	raw, err := io.ReadAll(io.LimitReader(f, header.Size+2*maxConfigSize+1))
 	if err != nil {
@@ -403,20 +432,21 @@ func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 	}
 	defer fk.destroy()
 	data := append(hdr, fk.cipher.SealBlocks(nil, plain, 0)...)
-	tmp := filepath.Join(v.Dir, ConfigName+".tmp")
-	os.Remove(tmp)
-	if err := writeFileSync(tmp, data, 0o600); err != nil {
+	tmp := ConfigName + ".tmp"
+	unix.Unlinkat(v.dir.Fd(), tmp, 0)
+	if err := writeFileSync(v.dir, tmp, data, 0o600); err != nil {
 		return fmt.Errorf("writing configuration: %w", err)
 	}
-	if err := os.Rename(tmp, filepath.Join(v.Dir, ConfigName)); err != nil {
+	if err := unix.Renameat(v.dir.Fd(), tmp, v.dir.Fd(), ConfigName); err != nil {
 		return fmt.Errorf("writing configuration: %w", err)
 	}
-	return syncDir(v.Dir)
+	return syncDir(v.dir)
 }
 
 // fileKeys is what an opened header yields: the content cipher, with its
-// key in locked memory.
+// key in locked memory. It is the cryptfile.Key of the file.
 type fileKeys struct {
+	v        *Volume // set for keys unlocked from a header
 	fileID   [16]byte
 	ck       *keyring.Key
 	cipher   *blockcipher.Cipher
@@ -424,6 +454,22 @@ type fileKeys struct {
 	hdr      *header.Header
 	accepted int
 	slot     header.Slot // the slot that opened the file
+}
+
+// FileID returns the file ID of the header.
+func (fk *fileKeys) FileID() [16]byte { return fk.fileID }
+
+// Cipher returns the content cipher.
+func (fk *fileKeys) Cipher() *blockcipher.Cipher { return fk.cipher }
+
+// Close wipes the content key once no handle needs it. The data key of a
+// cloud key slot stays in the resolver's cache for its TTL from now (local
+// keys are never cached).
+func (fk *fileKeys) Close() {
+	if fk.v != nil && fk.slot.URI != "" && !isLocal(fk.slot.URI) {
+		fk.v.res.Cache().Touch(fk.v.aliasOf(fk.slot.URI), fk.slot.Wrapped, fk.slot.Context)
+	}
+	fk.destroy()
 }
 
 func (fk *fileKeys) destroy() {
@@ -460,17 +506,66 @@ func newFileKeysWith(fileID [16]byte, l blockcipher.Layout, fill func(ck []byte)
 	return &fileKeys{fileID: fileID, ck: ck, cipher: c}, nil
 }
 
-// newFileKeys returns a new file's header and keys.
-func (v *Volume) newFileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
+// Compile-time checks of the interfaces the engine takes.
+var (
+	_ cryptfile.Keyer = (*Volume)(nil)
+	_ cryptfile.Key   = (*fileKeys)(nil)
+)
+
+// New returns a new file's header and key (cryptfile.Keyer).
+func (v *Volume) New(ctx context.Context) ([]byte, cryptfile.Key, error) {
 	v.cfgMu.RLock()
 	ks := v.keys
 	v.cfgMu.RUnlock()
-	return ks.fileKeys(ctx)
+	hdr, fk, err := ks.fileKeys(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return hdr, fk, nil
+}
+
+// headerPool recycles the buffers headers are read into (Parse copies
+// what it keeps).
+var headerPool = sync.Pool{New: func() any { return new([header.Size]byte) }}
+
+// openReadahead is how much file content Load asks the kernel to read
+// along with the header.
+const openReadahead = 128 << 10
+
+// Load reads and unlocks the header of the backing file fd
+// (cryptfile.Keyer): a nil key for an empty file (it has no header yet).
+// name names the file in errors and log lines; it is called only for
+// them.
+func (v *Volume) Load(ctx context.Context, fd int, name func() string) (cryptfile.Key, error) {
+	// Ask for the header and the first blocks in one disk read: a reader
+	// of the file comes for them next, and the kernel's readahead for a
+	// lone header read would stop short of them.
+	unix.Fadvise(fd, 0, header.Size+openReadahead, unix.FADV_WILLNEED)
+	buf := headerPool.Get().(*[header.Size]byte)
+	defer headerPool.Put(buf)
+	n, err := cryptfile.PreadHead(fd, buf[:])
+	switch {
+	case err != nil:
+		return nil, err
+	case n == 0:
+		return nil, nil // no header yet
+	case n < header.Size:
+		return nil, fmt.Errorf("%s: %w", name(), errors.Join(ErrCorrupt, errors.New("backing file shorter than its header")))
+	}
+	h, err := header.Parse(buf[:])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name(), errors.Join(ErrCorrupt, err))
+	}
+	fk, err := v.unlock(ctx, h, name())
+	if err != nil {
+		return nil, err
+	}
+	fk.v = v
+	return fk, nil
 }
 
 // Close wipes the keys the volume holds for new files and the cache.
 func (v *Volume) Close() {
-	v.journal.close()
 	v.cfgMu.RLock()
 	ks := v.keys
 	v.cfgMu.RUnlock()
@@ -478,7 +573,11 @@ func (v *Volume) Close() {
 		ks.close()
 	}
 	v.res.Cache().Purge()
+	v.dir.Close()
 }
+
+// Backing returns the volume's backing directory.
+func (v *Volume) Backing() *backing.Dir { return v.dir }
 
 // Resolver returns the volume's keyring resolver.
 func (v *Volume) Resolver() *keyring.Resolver { return v.res }
@@ -616,6 +715,9 @@ func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string, ck
 	}
 	return nil, fmt.Errorf("%s: %w: %w", name, ErrCorrupt, joinErrs(append(hdrErrs, keyErrs...)))
 }
+
+// keyTimeout bounds the key service calls of one unwrap.
+const keyTimeout = 2 * time.Minute
 
 // unwrapSlot unwraps the data key of slot s with its own key, or failing
 // that with an extra key of the same scheme. Calls to a key service end

@@ -1,4 +1,4 @@
-package fs
+package cryptfile
 
 import (
 	"errors"
@@ -102,7 +102,7 @@ var directPool sync.Pool
 
 // directCap is the capacity of a pooled direct buffer: the stored bytes
 // of the largest read with 4 KiB blocks, with room to align both ends.
-const directCap = maxWrite + maxWrite/128 + 3*directAlign
+const directCap = MaxRequest + MaxRequest/128 + 3*directAlign
 
 // getDirect returns a buffer of n bytes whose start is aligned to
 // directAlign.

@@ -1,18 +1,18 @@
-package fs
+package volume
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"path/filepath"
+	"io"
 	"slices"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/fs/cryptfile"
 	"github.com/kmsfs/kmsfs/header"
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -84,13 +84,13 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 		o.BeforeFiles()
 	}
 
+	// The walk and every open go through directory descriptors and never
+	// follow a symlink (package backing): a directory replaced by a
+	// symlink during the walk is not entered.
 	var files []string
-	err := filepath.WalkDir(v.Dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() && !(filepath.Dir(p) == v.Dir && internalName(d.Name())) {
-			files = append(files, p)
+	err := v.dir.Walk(func(rel string, _ int, name string, st *unix.Stat_t) error {
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && !(rel == name && Internal(name)) {
+			files = append(files, rel)
 		}
 		return nil
 	})
@@ -123,11 +123,12 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 	return r, nil
 }
 
-// rewrapFile brings the key slots of one file in line with keys.
+// rewrapFile brings the key slots of one file, path relative to the
+// backing directory, in line with keys.
 func (v *Volume) rewrapFile(ctx context.Context, path string, keys []string, memo map[string][]byte) (changed, hadHeader bool, err error) {
-	fd, err := syscall.Open(path, syscall.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|unix.O_NOATIME, 0)
+	fd, err := v.dir.Open(path, syscall.O_RDWR|unix.O_NOATIME, 0)
 	if errors.Is(err, syscall.EPERM) {
-		fd, err = syscall.Open(path, syscall.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+		fd, err = v.dir.Open(path, syscall.O_RDWR, 0)
 	}
 	if err != nil {
 		return false, false, err
@@ -141,7 +142,10 @@ func (v *Volume) rewrapFile(ctx context.Context, path string, keys []string, mem
 		return false, false, nil // no header yet: gets the new keys when written
 	}
 	buf := make([]byte, header.Size)
-	if err := preadFull(fd, buf, 0); err != nil {
+	if n, err := cryptfile.PreadHead(fd, buf); err != nil || n < len(buf) {
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
 		return false, true, fmt.Errorf("reading header: %w", err)
 	}
 	h, err := header.Parse(buf)
@@ -196,7 +200,10 @@ func (v *Volume) rewrapFile(ctx context.Context, path string, keys []string, mem
 	// New copy first, durable; then the old one, so no copy keeps a slot
 	// of a removed key.
 	for _, i := range []int{idx, 1 - idx} {
-		if err := pwriteFull(fd, cb, header.CopyOffset(i)); err != nil {
+		if n, err := syscall.Pwrite(fd, cb, header.CopyOffset(i)); err != nil || n < len(cb) {
+			if err == nil {
+				err = io.ErrShortWrite
+			}
 			return false, true, fmt.Errorf("writing header copy %d: %w", i, err)
 		}
 		if err := unix.Fdatasync(fd); err != nil {

@@ -1,4 +1,4 @@
-package fs
+package volume
 
 import (
 	"context"
@@ -18,7 +18,7 @@ func BenchmarkOpenKeys(b *testing.B) {
 	if err := os.Mkdir(cipher, 0o700); err != nil {
 		b.Fatal(err)
 	}
-	res := keyring.NewResolver(keyring.Options{Create: true})
+	res := keyring.NewResolver(keyring.NewRegistry(local.Register), keyring.Options{Create: true})
 	ctx := context.Background()
 	keyURI := local.URI(filepath.Join(dir, "local.key"))
 	if _, err := Init(ctx, cipher, InitOptions{Keys: []string{keyURI}, ReuseFiles: 1024, ReuseSeconds: 300}, res); err != nil {
@@ -29,11 +29,11 @@ func BenchmarkOpenKeys(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer v.Close()
-	hdr, fk, err := v.newFileKeys(ctx)
+	hdr, fk, err := v.New(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	fk.destroy()
+	fk.Close()
 	f, err := os.Create(filepath.Join(cipher, "f"))
 	if err != nil {
 		b.Fatal(err)
@@ -46,10 +46,10 @@ func BenchmarkOpenKeys(b *testing.B) {
 	name := func() string { return "f" }
 	b.ReportAllocs()
 	for b.Loop() {
-		fk, err := v.openKeys(ctx, fd, name)
+		fk, err := v.Load(ctx, fd, name)
 		if err != nil {
 			b.Fatal(err)
 		}
-		fk.destroy()
+		fk.Close()
 	}
 }
