@@ -124,7 +124,7 @@ func (n *Node) errno(op string, err error) syscall.Errno {
 	case errors.Is(err, cryptfile.ErrCorrupt), errors.Is(err, blockcipher.ErrAuth), errors.Is(err, blockcipher.ErrBadCipherSize):
 		logf()
 		return syscall.EIO
-	case keyring.IsPermanent(err):
+	case keyring.IsPermanent(err), errors.Is(err, volume.ErrUntrusted):
 		logf()
 		return syscall.EACCES
 	case errors.Is(err, volume.ErrKeyUnavailable),

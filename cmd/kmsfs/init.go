@@ -76,6 +76,9 @@ func runInit(args []string) int {
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
+	if err := recordInit(cfg); err != nil {
+		return errorf(exitError, "recording the volume's keys as trusted: %v", err)
+	}
 	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d, a data key serves up to %d files for %d s)\n", dir, cfg.VolumeID, cfg.BlockSize, cfg.ReuseFiles, cfg.ReuseSeconds)
 	for _, k := range cfg.Keys {
 		fmt.Printf("kmsfs: file keys wrapped under %s\n", k)
@@ -98,7 +101,7 @@ func exitCode(err error) int {
 	switch {
 	case errors.Is(err, volume.ErrNotVolume), errors.Is(err, volume.ErrBadConfig), errors.Is(err, volume.ErrCorrupt):
 		return exitNotVolume
-	case errors.Is(err, volume.ErrKeyUnavailable), errors.Is(err, keyring.ErrBadURI), keyring.IsPermanent(err),
+	case errors.Is(err, volume.ErrKeyUnavailable), errors.Is(err, volume.ErrUntrusted), errors.Is(err, keyring.ErrBadURI), keyring.IsPermanent(err),
 		errors.Is(err, keyring.ErrUnavailable), errors.Is(err, keyring.ErrThrottled):
 		return exitKey
 	}

@@ -11,11 +11,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/kmsfs/kmsfs/fs/control"
+	"github.com/kmsfs/kmsfs/fs/trust"
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -126,7 +128,11 @@ func runRewrap(args []string) int {
 			}
 		}
 	}
-	vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Log: log.New(&logBuf, "", 0)})
+	rec, store, err := trustedKeys(dir, extra)
+	if err != nil {
+		return errorf(exitCode(err), "%v", err)
+	}
+	vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired, Log: log.New(&logBuf, "", 0)})
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
@@ -145,7 +151,24 @@ func runRewrap(args []string) int {
 			fmt.Fprintln(os.Stderr)
 		}
 	}
+	var trustErr error
 	r, err := volume.Rewrap(ctx, vol, volume.RewrapOptions{Add: add, Remove: remove, Progress: progress, BeforeFiles: func() {
+		// The configuration now holds the new key list: so does the trust
+		// record, with removed keys kept for unlocking only until every
+		// file is rewrapped.
+		trustErr = store.Update(vol.Config.VolumeID, func(r *trust.Record) {
+			for _, u := range add {
+				if !slices.Contains(r.Keys, u) {
+					r.Keys = append(r.Keys, u)
+				}
+			}
+			for _, u := range remove {
+				if slices.Contains(r.Keys, u) {
+					r.Keys = slices.DeleteFunc(r.Keys, func(x string) bool { return x == u })
+					r.Retired = append(r.Retired, u)
+				}
+			}
+		})
 		if mnt != "" {
 			if _, err := control.Request(mnt, "reload"); err != nil {
 				fmt.Fprintf(os.Stderr, "kmsfs: warning: the mount at %s did not reload its keys: %v\n", mnt, err)
@@ -155,6 +178,16 @@ func runRewrap(args []string) int {
 	for _, l := range strings.Split(strings.TrimSpace(logBuf.String()), "\n") {
 		if l != "" {
 			fmt.Fprintln(os.Stderr, l)
+		}
+	}
+	if trustErr != nil {
+		fmt.Fprintf(os.Stderr, "kmsfs: warning: the trust record was not updated: %v\n", trustErr)
+	} else if err == nil && len(remove) > 0 {
+		// Every file is rewrapped: the removed keys open nothing any more.
+		if terr := store.Update(vol.Config.VolumeID, func(r *trust.Record) {
+			r.Retired = slices.DeleteFunc(r.Retired, func(x string) bool { return slices.Contains(remove, x) })
+		}); terr != nil {
+			fmt.Fprintf(os.Stderr, "kmsfs: warning: the trust record was not updated: %v\n", terr)
 		}
 	}
 	var calls int64

@@ -52,6 +52,7 @@ Usage:
     kmsfs umount MOUNTPOINT
     kmsfs stats MOUNTPOINT
     kmsfs rewrap [--add URI]... [--remove URI]... CIPHERDIR
+    kmsfs trust [--yes] [--key URI]... CIPHERDIR
     kmsfs kms-emulator [options]
     kmsfs version
     kmsfs COMMAND --help

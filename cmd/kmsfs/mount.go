@@ -25,6 +25,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/fs"
 	"github.com/kmsfs/kmsfs/fs/control"
+	"github.com/kmsfs/kmsfs/fs/trust"
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -111,6 +112,11 @@ func runMount(args []string) int {
 		}
 		return errorf(exitNotVolume, "%v", err)
 	}
+	rec, _, err := trustedKeys(cipherDir, extra)
+	if err != nil {
+		return errorf(exitCode(err), "%v", err)
+	}
+	openOpts := volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired}
 	if !*fg && os.Getenv(envReadyFD) == "" {
 		// Open the volume here first, so key problems and passphrase
 		// prompts happen on the user's terminal.
@@ -124,7 +130,7 @@ func runMount(args []string) int {
 			return p, err
 		}})
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		_, err := volume.Open(ctx, cipherDir, res, volume.OpenOptions{ExtraKeys: extra})
+		_, err := volume.Open(ctx, cipherDir, res, openOpts)
 		cancel()
 		if err != nil {
 			return errorf(exitCode(err), "%v", err)
@@ -152,7 +158,8 @@ func runMount(args []string) int {
 	cache := keyring.NewCache(*cacheTTL, *cacheSize)
 	res.SetCache(cache)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	vol, err := volume.Open(ctx, cipherDir, res, volume.OpenOptions{Log: logger, ExtraKeys: extra})
+	openOpts.Log = logger
+	vol, err := volume.Open(ctx, cipherDir, res, openOpts)
 	cancel()
 	if err != nil {
 		return ready(exitCode(err), err.Error())
@@ -390,6 +397,23 @@ func runUmount(args []string) int {
 
 // controlled is a mounted volume as the control socket serves it.
 type controlled struct{ *volume.Volume }
+
+// Reload reads the volume's trust record, which "kmsfs rewrap" updates
+// before it asks for the reload, and then the configuration.
+func (c controlled) Reload(ctx context.Context) error {
+	store, err := trust.DefaultStore()
+	if err != nil {
+		return err
+	}
+	rec, err := store.Load(c.Config.VolumeID)
+	if err != nil && !errors.Is(err, trust.ErrNotTrusted) {
+		return err
+	}
+	if err == nil {
+		c.SetTrust(rec.Keys, rec.Retired)
+	}
+	return c.Volume.Reload(ctx)
+}
 
 // Stats returns the volume's counters.
 func (c controlled) Stats() any { return c.Volume.Stats() }

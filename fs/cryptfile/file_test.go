@@ -971,3 +971,83 @@ func limitFileSize(t *testing.T, n int64) {
 		}
 	})
 }
+
+// TestWriteFailureOverwrite fails a write that overwrites the short last
+// block and extends the file (RLIMIT_FSIZE stops it part-way): no block
+// may be left torn. The engine finishes the overwritten block from the
+// journal's copy, or, where even that is refused, leaves the record for
+// the next mount, whose replay must make the file whole.
+func TestWriteFailureOverwrite(t *testing.T) {
+	const B = 4096
+	for _, tc := range []struct {
+		name  string
+		limit int64 // above the old backing size
+	}{
+		{"copy fits under the limit", header.Size + 3*(B+28) + 10},
+		{"copy refused too", header.Size + 2*(B+28) + 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			m := model(randBytes(rand.New(rand.NewPCG(3, 4)), 2*B+100))
+			e0 := newEnvIn(t, dir, "f", B, nil)
+			h0 := e0.open()
+			if _, err := h0.WriteAt(ctx, m, 0); err != nil {
+				t.Fatal(err)
+			}
+			h0.Close()
+			// A journal with small slots, and its first slot free: the size
+			// limit below stops the backing file's write, not the journal's.
+			maxData := 2 * (B + 28)
+			j := openTestJournal(t, dir, maxData, nil)
+			e := newEnvIn(t, dir, "f", B, j)
+			h := e.open()
+			p := randBytes(rand.New(rand.NewPCG(5, 6)), 2*B)
+			restore := limitFileSizeUntil(t, tc.limit)
+			_, err := h.WriteAt(ctx, p, 2*B+50)
+			restore()
+			if err == nil {
+				t.Fatalf("WriteAt past the size limit = nil, want an error")
+			}
+			if rec := journalBytes(t, dir); bytes.HasPrefix(rec, journalMagic) {
+				// Left for the next mount: replay it as a mount would.
+				openTestJournal(t, dir, maxData, nil)
+			}
+			// Block 2 now holds its old content or the new one, whole; the
+			// part of the write past it may be lost.
+			got := e.backing()
+			plain, derr := e.keyer.decrypt(got)
+			if derr != nil {
+				t.Fatalf("decoding the backing file after the failed write = %v, want every block whole", derr)
+			}
+			old := m
+			newer := append(model(nil), m...)
+			newer.write(p[:B-50], 2*B+50)
+			if !bytes.Equal(plain, old) && !bytes.Equal(plain, newer) {
+				t.Errorf("after the failed write the file is %d bytes, neither the old %d nor the old with block 2 rewritten (%d)", len(plain), len(old), len(newer))
+			}
+		})
+	}
+}
+
+// limitFileSizeUntil sets RLIMIT_FSIZE to n and returns a function that
+// restores it (also run at the end of the test).
+func limitFileSizeUntil(t *testing.T, n int64) func() {
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_FSIZE, &old); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: uint64(n), Max: old.Max}); err != nil {
+		t.Skipf("Setrlimit(RLIMIT_FSIZE) = %v", err)
+	}
+	done := false
+	restore := func() {
+		if !done {
+			done = true
+			if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(restore)
+	return restore
+}

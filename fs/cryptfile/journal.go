@@ -298,8 +298,21 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 	if err == nil {
 		err = writeData()
 	}
-	// Clear the record whether the write worked or not: a failed write
-	// must not be redone at the next mount.
+	if err != nil && copyLen > 0 {
+		// The write stopped part-way (EIO, EFBIG) after it may have begun
+		// to overwrite blocks: do now what a replay would, so that every
+		// block holds its old or its new content. If that fails too, the
+		// record stays for the next mount to finish.
+		rerr := pwriteFull(fd, data[:copyLen], off)
+		if rerr == nil && cut >= 0 {
+			rerr = syscall.Ftruncate(fd, cut)
+		}
+		if rerr != nil {
+			return fmt.Errorf("%w (left in the write journal for the next mount: %v)", err, rerr)
+		}
+	}
+	// Clear the record: the write is done, or failed without touching
+	// what existed.
 	if cerr := pwriteFull(j.fd, make([]byte, 8), base); cerr != nil && err == nil {
 		err = fmt.Errorf("write journal: %w", cerr)
 	}

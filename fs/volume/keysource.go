@@ -91,13 +91,19 @@ func (ks *keySource) generate(ctx context.Context) (*sharedKey, error) {
 		dk.Destroy()
 		return nil, fmt.Errorf("new data key: %w", err)
 	}
-	for i, u := range ks.uris {
+	for _, u := range ks.uris {
+		if !v.wrapsUnder(v.aliasOf(u)) {
+			// Named by the configuration, which whoever holds the storage
+			// can write: never wrap under a key the user does not trust.
+			v.warnOnce(fmt.Errorf("untrusted new-file key %s", u), "kmsfs: the configuration names %s, which is not trusted for this volume: new files are not wrapped under it", u)
+			continue
+		}
 		kr, err := v.res.Get(ctx, v.aliasOf(u))
 		if err != nil {
 			return fail(err)
 		}
 		var wrapped []byte
-		if i == 0 {
+		if dk == nil {
 			dk, wrapped, err = kr.GenerateDataKey(ctx, ks.encCtx)
 		} else {
 			w, ok := kr.(keyring.Wrapper)
@@ -110,6 +116,9 @@ func (ks *keySource) generate(ctx context.Context) (*sharedKey, error) {
 			return fail(err)
 		}
 		slots = append(slots, header.Slot{URI: u, Context: ks.encCtx, Wrapped: wrapped})
+	}
+	if dk == nil {
+		return nil, fmt.Errorf("new data key: %w: the configuration's keys %v", ErrUntrusted, ks.uris)
 	}
 	ks.generated.Add(1)
 	return &sharedKey{dk: dk, slots: slots}, nil

@@ -24,7 +24,7 @@ func BenchmarkOpenKeys(b *testing.B) {
 	if _, err := Init(ctx, cipher, InitOptions{Keys: []string{keyURI}, ReuseFiles: 1024, ReuseSeconds: 300}, res); err != nil {
 		b.Fatal(err)
 	}
-	v, err := Open(ctx, cipher, res, OpenOptions{})
+	v, err := Open(ctx, cipher, res, OpenOptions{Trusted: []string{keyURI}})
 	if err != nil {
 		b.Fatal(err)
 	}

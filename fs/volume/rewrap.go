@@ -59,15 +59,26 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 		v.res.SetCache(keyring.NewCache(24*time.Hour, 1<<20))
 	}
 	keys := slices.Clone(v.Config.Keys)
+	for _, u := range o.Remove {
+		if !slices.Contains(v.Config.Keys, u) {
+			return r, fmt.Errorf("rewrap: %s is not a key of this volume (its keys: %v)", u, v.Config.Keys)
+		}
+	}
 	for _, u := range o.Add {
 		if _, err := v.res.Get(ctx, u); err != nil {
 			return r, fmt.Errorf("rewrap: key to add: %w", err)
 		}
+		v.trust(u) // the user named it
 		if !slices.Contains(keys, u) {
 			keys = append(keys, u)
 		}
 	}
 	keys = slices.DeleteFunc(keys, func(u string) bool { return slices.Contains(o.Remove, u) })
+	for _, u := range o.Remove {
+		// Its slots still unlock the files being rewrapped; no new file is
+		// wrapped under it again.
+		v.retire(u)
+	}
 	if len(keys) == 0 {
 		return r, errors.New("rewrap: that would leave the volume without keys")
 	}

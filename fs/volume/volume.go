@@ -17,6 +17,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,6 +52,9 @@ var (
 	ErrNotEmpty = errors.New("directory is not empty")
 	// ErrKeyUnavailable: no key slot of a file could be opened.
 	ErrKeyUnavailable = errors.New("no key could open the file")
+	// ErrUntrusted: no key slot names a key trusted for the volume (see
+	// package trust); the URIs stored in the volume are not used.
+	ErrUntrusted = errors.New("no key slot names a key trusted for this volume")
 	// ErrCorrupt: a header or block failed authentication or parsing
 	// (the engine's own error, so that both layers' failures match it).
 	ErrCorrupt = cryptfile.ErrCorrupt
@@ -101,10 +105,12 @@ type Volume struct {
 	// key material or file contents.
 	Log *log.Logger
 
-	dir   *backing.Dir
-	res   *keyring.Resolver
-	keys  *keySource
-	extra []string // key URIs tried for slots of the same scheme
+	dir     *backing.Dir
+	res     *keyring.Resolver
+	keys    *keySource
+	extra   []string        // key URIs tried for slots of the same scheme
+	trusted map[string]bool // key URIs whose slots may be unlocked and new files wrapped under
+	retired map[string]bool // key URIs whose slots may only be unlocked
 	// alias maps a key URI that failed to the extra key that opened its
 	// slot instead; new files are wrapped with the extra key but keep the
 	// configured URI in their slots.
@@ -121,9 +127,19 @@ type OpenOptions struct {
 	// Log receives warnings and per-file errors; nil discards them.
 	Log *log.Logger
 	// ExtraKeys are key URIs tried for every key slot of the same scheme
-	// whose own key fails, for example a local key file that moved (key
-	// slots name keys by their absolute path).
+	// whose own key fails or is not trusted, for example a local key file
+	// that moved (key slots name keys by their absolute path). They are
+	// trusted: the user named them.
 	ExtraKeys []string
+	// Trusted are the key URIs, from outside the backing directory (the
+	// volume's trust record), whose slots may be unlocked. A slot naming
+	// any other key is skipped and logged, whatever it says; new files are
+	// wrapped only under trusted keys of the configuration.
+	Trusted []string
+	// Retired are key URIs whose slots may still be unlocked but which no
+	// new file is wrapped under, whatever the configuration says (a key
+	// being removed by rewrap).
+	Retired []string
 }
 
 // EncryptionContext returns the encryption context kmsfs gives every key
@@ -223,7 +239,10 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 	}
 	cfg := Config{Format: "kmsfs", Version: 1, VolumeID: hex.EncodeToString(id[:]), BlockSize: blockSize, Keys: keyURIs,
 		ReuseFiles: o.ReuseFiles, ReuseSeconds: o.ReuseSeconds}
-	v := &Volume{Dir: dir, dir: d, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0)}
+	v := &Volume{Dir: dir, dir: d, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0), trusted: map[string]bool{}, retired: map[string]bool{}}
+	for _, u := range keyURIs {
+		v.trusted[u] = true
+	}
 	if err := v.writeConfig(ctx, &cfg); err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
@@ -284,19 +303,102 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 	if err != nil {
 		return nil, fmt.Errorf("open volume: %w", err)
 	}
-	v := &Volume{Dir: abs, dir: d, res: res, Log: logger, extra: o.ExtraKeys}
+	v := &Volume{Dir: abs, dir: d, res: res, Log: logger, extra: o.ExtraKeys, trusted: map[string]bool{}, retired: map[string]bool{}}
+	for _, u := range append(slices.Clone(o.Trusted), o.ExtraKeys...) {
+		v.trusted[u] = true
+	}
+	for _, u := range o.Retired {
+		if !v.trusted[u] {
+			v.retired[u] = true
+		}
+	}
 	cfg, err := v.readConfig(ctx)
 	if err != nil {
 		d.Close()
 		return nil, err
 	}
 	v.setConfig(cfg)
+	usable := 0
 	for _, u := range cfg.Keys {
+		if !v.wrapsUnder(v.aliasOf(u)) {
+			logger.Printf("kmsfs: the configuration names key %s, which is not trusted for this volume: new files are not wrapped under it", u)
+			continue
+		}
+		usable++
 		if _, err := res.Get(ctx, v.aliasOf(u)); err != nil {
 			logger.Printf("kmsfs: key %s is not usable: %v", u, err)
 		}
 	}
+	if usable == 0 {
+		d.Close()
+		return nil, fmt.Errorf("%s: %w: none of the keys %v for new files is trusted", abs, ErrUntrusted, cfg.Keys)
+	}
 	return v, nil
+}
+
+// configHeader reads and parses the header of the configuration of the
+// volume in dir, without unwrapping anything.
+func configHeader(dir string) (*header.Header, error) {
+	d, err := backing.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	cpath := filepath.Join(dir, ConfigName)
+	fd, err := d.Open(ConfigName, syscall.O_RDONLY, 0)
+	if errors.Is(err, syscall.ENOENT) {
+		return nil, fmt.Errorf("%s: %w", dir, ErrNotVolume)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cpath, err)
+	}
+	defer syscall.Close(fd)
+	buf := make([]byte, header.Size)
+	if n, err := cryptfile.PreadHead(fd, buf); err != nil || n < len(buf) {
+		return nil, fmt.Errorf("%s: %w: too short or unreadable", cpath, ErrBadConfig)
+	}
+	h, err := header.Parse(buf)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %w", cpath, ErrBadConfig, err)
+	}
+	return h, nil
+}
+
+// PeekVolumeID returns the volume ID the configuration of the volume in
+// dir claims, from its key slots, without unwrapping anything: it says
+// which trust record to use, and is not itself trusted.
+func PeekVolumeID(dir string) (string, error) {
+	h, err := configHeader(dir)
+	if err != nil {
+		return "", err
+	}
+	for _, ci := range h.Candidates() {
+		for _, s := range h.Copies[ci].Slots {
+			if id, err := volumeFromContext(s.Context); err == nil {
+				return id, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%s: %w: no key slot names the volume", filepath.Join(dir, ConfigName), ErrBadConfig)
+}
+
+// SlotKeys returns the key URIs named by the slots of the configuration
+// of the volume in dir, as stored (not trusted): what "kmsfs trust" shows
+// before recording them.
+func SlotKeys(dir string) ([]string, error) {
+	h, err := configHeader(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, ci := range h.Candidates() {
+		for _, s := range h.Copies[ci].Slots {
+			if !slices.Contains(out, s.URI) {
+				out = append(out, s.URI)
+			}
+		}
+	}
+	return out, nil
 }
 
 // readConfig reads and authenticates the volume configuration. On the
@@ -729,6 +831,9 @@ func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, e
 		defer cancel()
 	}
 	var errs []error
+	if !v.trusts(s.URI) {
+		errs = append(errs, fmt.Errorf("%w: slot names %s", ErrUntrusted, s.URI))
+	}
 	try := func(uri string) *keyring.Key {
 		kr, err := v.res.Get(ctx, uri)
 		if err != nil {
@@ -742,8 +847,10 @@ func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, e
 		}
 		return dk
 	}
-	if dk := try(s.URI); dk != nil {
-		return dk, nil
+	if v.trusts(s.URI) {
+		if dk := try(s.URI); dk != nil {
+			return dk, nil
+		}
 	}
 	scheme, _, _ := strings.Cut(s.URI, ":")
 	for _, u := range v.extra {
@@ -793,6 +900,55 @@ func (v *Volume) aliasOf(uri string) string {
 		return a
 	}
 	return uri
+}
+
+// trusts reports whether slots naming uri may be unlocked.
+func (v *Volume) trusts(uri string) bool {
+	v.aliasMu.Lock()
+	defer v.aliasMu.Unlock()
+	return v.trusted[uri] || v.retired[uri]
+}
+
+// wrapsUnder reports whether new files may be wrapped under uri.
+func (v *Volume) wrapsUnder(uri string) bool {
+	v.aliasMu.Lock()
+	defer v.aliasMu.Unlock()
+	return v.trusted[uri]
+}
+
+// SetTrust replaces the trusted and retired keys (from the trust record,
+// read again when a running mount reloads its configuration); keys named
+// on the command line stay trusted.
+func (v *Volume) SetTrust(trusted, retired []string) {
+	v.aliasMu.Lock()
+	defer v.aliasMu.Unlock()
+	v.trusted, v.retired = map[string]bool{}, map[string]bool{}
+	for _, u := range append(slices.Clone(trusted), v.extra...) {
+		v.trusted[u] = true
+	}
+	for _, u := range retired {
+		if !v.trusted[u] {
+			v.retired[u] = true
+		}
+	}
+}
+
+// trust makes uri a trusted key (rewrap --add: the user named it).
+func (v *Volume) trust(uri string) {
+	v.aliasMu.Lock()
+	defer v.aliasMu.Unlock()
+	v.trusted[uri] = true
+	delete(v.retired, uri)
+}
+
+// retire keeps uri for unlocking only (rewrap --remove).
+func (v *Volume) retire(uri string) {
+	v.aliasMu.Lock()
+	defer v.aliasMu.Unlock()
+	if v.trusted[uri] {
+		delete(v.trusted, uri)
+		v.retired[uri] = true
+	}
 }
 
 // isLocal reports whether uri names a key of the embedded local keyring

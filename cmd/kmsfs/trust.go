@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/kmsfs/kmsfs/fs/trust"
+	"github.com/kmsfs/kmsfs/fs/volume"
+	"github.com/kmsfs/kmsfs/keyring"
+)
+
+func init() {
+	commands["trust"] = runTrust
+}
+
+const trustHelp = `Usage: kmsfs trust [--yes] [--key URI]... CIPHERDIR
+
+Records, for this user, which keys are trusted for the volume in CIPHERDIR.
+Key URIs stored in a volume are written by whoever holds its storage, so
+kmsfs unlocks only slots that name a key of the volume's trust record
+(kept in $XDG_CONFIG_HOME/kmsfs/trust, outside the volume) or a key named
+with --key on the command line. "kmsfs init" records the keys it was given;
+use trust for a volume met for the first time on this machine (a restored
+backup, a copied disk).
+
+Without --key, trust shows the volume ID and the keys its configuration
+names, and asks before recording them. With --key, only the given keys
+are recorded. Either way the keys must open the volume's configuration.
+
+Options:
+    -k, --key URI     trust this key (repeatable) instead of the ones the
+                      configuration names
+    -y, --yes         do not ask
+    -p, --passphrase-file F   passphrase of a protected local key file
+`
+
+func runTrust(args []string) int {
+	fl := flag.NewFlagSet("trust", flag.ContinueOnError)
+	var keys stringList
+	fl.Var(&keys, "key", "")
+	fl.Var(&keys, "k", "")
+	yes := fl.Bool("yes", false, "")
+	fl.BoolVar(yes, "y", false, "")
+	pf := fl.String("passphrase-file", "", "")
+	fl.StringVar(pf, "p", "", "")
+	pos, code, ok := parseFlags(fl, args, trustHelp)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		return usageError("trust takes one volume directory")
+	}
+	dir, _ := filepath.Abs(pos[0])
+	id, err := volume.PeekVolumeID(dir)
+	if err != nil {
+		return errorf(exitCode(err), "%v", err)
+	}
+	named, err := volume.SlotKeys(dir)
+	if err != nil {
+		return errorf(exitCode(err), "%v", err)
+	}
+	if len(keys) == 0 {
+		keys = named
+	}
+	fmt.Printf("volume %s in %s\n", id, dir)
+	for _, k := range named {
+		fmt.Printf("  its configuration names key %s\n", k)
+	}
+	for _, k := range keys {
+		fmt.Printf("  to trust: %s\n", k)
+	}
+	if !*yes {
+		if !term.IsTerminal(int(os.Stdin.Fd())) {
+			return errorf(exitUsage, "not asking without a terminal: check the keys above and run again with --yes")
+		}
+		fmt.Print("trust these keys for this volume? [y/N] ")
+		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
+			return errorf(exitError, "nothing recorded")
+		}
+	}
+	// The keys must open the configuration: trust is recorded only for
+	// keys that really belong to the volume.
+	res := keyring.NewResolver(newRegistry(), keyring.Options{Passphrase: passphraseSource(*pf)})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{Trusted: keys, Log: log.New(io.Discard, "", 0)})
+	if err != nil {
+		return errorf(exitCode(err), "the keys do not open the volume: %v", err)
+	}
+	gotID := vol.Config.VolumeID
+	vol.Close()
+	store, err := trust.DefaultStore()
+	if err != nil {
+		return errorf(exitError, "%v", err)
+	}
+	if err := store.Update(gotID, func(r *trust.Record) {
+		for _, k := range keys {
+			if !slices.Contains(r.Keys, k) {
+				r.Keys = append(r.Keys, k)
+			}
+			r.Retired = slices.DeleteFunc(r.Retired, func(x string) bool { return x == k })
+		}
+	}); err != nil {
+		return errorf(exitError, "%v", err)
+	}
+	fmt.Printf("kmsfs: trusted for volume %s: %s (recorded in %s)\n", gotID, strings.Join(keys, " "), store.Dir)
+	return exitOK
+}
+
+// trustedKeys returns the trust record of the volume in dir for
+// volume.OpenOptions. A volume without a record can still be opened
+// with keys named on the command line (extra); without them it is an
+// error that says what to do.
+func trustedKeys(dir string, extra []string) (*trust.Record, *trust.Store, error) {
+	store, err := trust.DefaultStore()
+	if err != nil {
+		return nil, nil, err
+	}
+	id, err := volume.PeekVolumeID(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := store.Load(id)
+	if errors.Is(err, trust.ErrNotTrusted) {
+		if len(extra) > 0 {
+			return &trust.Record{VolumeID: id}, store, nil
+		}
+		return nil, nil, fmt.Errorf("%w: %w; see its keys and trust them with 'kmsfs trust %s', or name a key with --key", volume.ErrUntrusted, err, dir)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, store, nil
+}
+
+// recordInit records the keys a new volume was made with as trusted.
+func recordInit(cfg *volume.Config) error {
+	store, err := trust.DefaultStore()
+	if err != nil {
+		return err
+	}
+	return store.Save(&trust.Record{VolumeID: cfg.VolumeID, Keys: slices.Clone(cfg.Keys)})
+}
