@@ -71,6 +71,9 @@ func main() {
 
 func run(args []string) int {
 	defer memguard.Purge()
+	if err := hardenProcess(); err != nil {
+		fmt.Fprintf(os.Stderr, "kmsfs: warning: %v\n", err)
+	}
 	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, usage)
 		return exitUsage
