@@ -44,6 +44,12 @@ func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*fuse.Server, e
 		}
 		v.Log.Printf("kmsfs: read-only mount without the write journal: %v", err)
 	}
+	if o.ReadOnly && j != nil {
+		// Replayed; a read-only mount writes nothing, and must not keep a
+		// read-write mount from starting.
+		j.Close()
+		j = nil
+	}
 	root, err := NewRoot(v, &cryptfile.Config{Layout: v.Layout, Keys: v, Journal: j})
 	if err != nil {
 		j.Close()

@@ -41,6 +41,8 @@ Options:
     -f, --foreground          stay in the foreground
         --ro                  mount read-only
         --allow-other         let other users in (permissions are enforced)
+        --nonempty            mount over a directory that is not empty (its
+                              entries are hidden while mounted)
     -l, --log-file F          append the server's log to F
     -k, --key URI             also try this key for key slots of the same kind
                               (repeatable), e.g. a local key file that moved
@@ -76,6 +78,7 @@ func runMount(args []string) int {
 	fl.BoolVar(fg, "f", false, "")
 	ro := fl.Bool("ro", false, "")
 	allowOther := fl.Bool("allow-other", false, "")
+	nonempty := fl.Bool("nonempty", false, "")
 	logFile := fl.String("log-file", "", "")
 	fl.StringVar(logFile, "l", "", "")
 	pf := fl.String("passphrase-file", "", "")
@@ -97,6 +100,9 @@ func runMount(args []string) int {
 	cipherDir, _ := filepath.Abs(pos[0])
 	mnt, _ := filepath.Abs(pos[1])
 	if code := checkMountPoint(mnt); code != 0 {
+		return code
+	}
+	if code := checkPlacement(cipherDir, mnt, *nonempty || os.Getenv(envReadyFD) != ""); code != 0 {
 		return code
 	}
 	if fi, err := os.Stat(cipherDir); err != nil {
@@ -192,7 +198,14 @@ func runMount(args []string) int {
 		for s := range sig {
 			logger.Printf("kmsfs: %v: unmounting %s", s, mnt)
 			if err := srv.Unmount(); err != nil {
-				logger.Printf("kmsfs: unmount %s: %v (still in use? retry after closing files)", mnt, err)
+				// Busy: detach it now (new accesses fail, nothing new can
+				// enter) and keep serving the open files until they are
+				// closed; the server then exits.
+				if derr := unix.Unmount(mnt, unix.MNT_DETACH); derr != nil {
+					logger.Printf("kmsfs: unmount %s: %v; lazy unmount: %v", mnt, err, derr)
+				} else {
+					logger.Printf("kmsfs: unmount %s: %v; detached lazily, serving the files still open until they are closed", mnt, err)
+				}
 			}
 		}
 	}()
@@ -223,6 +236,35 @@ func checkMountPoint(mnt string) int {
 		errorf(exitMount, "/dev/fuse is missing: the FUSE kernel module is not available")
 		hintf("load it with 'modprobe fuse' (or run where /dev/fuse exists)")
 		return exitMount
+	}
+	return 0
+}
+
+// checkPlacement refuses a mount point that is the volume's directory,
+// inside it (the server would serve requests to itself and hang) or
+// above it (the mount would hide the volume), and, unless nonempty, a
+// mount point that is not empty (its files would be hidden).
+func checkPlacement(cipherDir, mnt string, nonempty bool) int {
+	c, err1 := filepath.EvalSymlinks(cipherDir)
+	m, err2 := filepath.EvalSymlinks(mnt)
+	if err1 != nil || err2 != nil {
+		return 0 // reported by the checks that follow
+	}
+	inside := func(a, b string) bool { return a == b || b == "/" || strings.HasPrefix(a, b+"/") }
+	switch {
+	case c == m:
+		return errorf(exitMount, "mount point %s is the volume's own directory", mnt)
+	case inside(m, c):
+		return errorf(exitMount, "mount point %s is inside the volume's directory %s", mnt, cipherDir)
+	case inside(c, m):
+		return errorf(exitMount, "mount point %s is above the volume's directory %s: the mount would hide it", mnt, cipherDir)
+	}
+	if !nonempty {
+		if ents, err := os.ReadDir(mnt); err == nil && len(ents) > 0 {
+			errorf(exitMount, "mount point %s is not empty (%d entries would be hidden while mounted)", mnt, len(ents))
+			hintf("mount over them anyway with --nonempty")
+			return exitMount
+		}
 	}
 	return 0
 }
@@ -376,6 +418,13 @@ func runUmount(args []string) int {
 		return usageError("umount takes one mount point")
 	}
 	mnt, _ := filepath.Abs(pos[0])
+	switch fstype := mountTypeOf(mnt); fstype {
+	case "":
+		return errorf(exitError, "unmount %s: not mounted", mnt)
+	case "fuse.kmsfs":
+	default:
+		return errorf(exitError, "unmount %s: not a kmsfs mount (it is %s); use umount(8) for it", mnt, fstype)
+	}
 	err := unix.Unmount(mnt, 0)
 	if errors.Is(err, unix.EPERM) {
 		if out, ferr := exec.Command("fusermount3", "-u", mnt).CombinedOutput(); ferr == nil {
@@ -393,6 +442,32 @@ func runUmount(args []string) int {
 		return errorf(exitError, "unmount %s: %v", mnt, err)
 	}
 	return exitOK
+}
+
+// mountTypeOf returns the file system type of the mount whose mount
+// point is exactly mnt, from /proc/self/mountinfo, or "" if nothing is
+// mounted there.
+func mountTypeOf(mnt string) string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fstype := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || unescapeOctal(fields[4]) != mnt {
+			continue
+		}
+		for i, x := range fields {
+			if x == "-" && i+1 < len(fields) {
+				fstype = fields[i+1] // the last mount there is the one seen
+				break
+			}
+		}
+	}
+	return fstype
 }
 
 // controlled is a mounted volume as the control socket serves it.

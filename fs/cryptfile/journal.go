@@ -58,6 +58,10 @@ const (
 
 var journalMagic = []byte("KMSFSJ2\x00")
 
+// ErrLocked means another process holds the volume's write journal: the
+// volume is mounted read-write elsewhere on this machine.
+var ErrLocked = errors.New("the volume is mounted read-write by another kmsfs server on this machine")
+
 // Journal is the write journal of a volume.
 type Journal struct {
 	fd       int
@@ -131,6 +135,15 @@ func OpenJournal(dir *backing.Dir, maxData int, logger *log.Logger) (*Journal, e
 	fd, err := dir.Open(JournalName, syscall.O_RDWR|syscall.O_CREAT, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("write journal %s/%s: %w", dir.Path, JournalName, err)
+	}
+	// One writer per volume on this machine: the lock lives as long as the
+	// descriptor (the mount), and dies with the process.
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		syscall.Close(fd)
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("%s: %w", dir.Path, ErrLocked)
+		}
+		return nil, fmt.Errorf("locking the write journal: %w", err)
 	}
 	j := &Journal{fd: fd, slotSize: int64(journalHdr + (maxData+4095)/4096*4096), free: make(chan int, journalSlots), log: logger}
 	if err := j.replay(dir); err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -35,7 +36,15 @@ func openTestJournal(t testing.TB, dir string, maxData int, logger *log.Logger) 
 	return j
 }
 
+// openJournals are the journals the tests hold, by directory: opening a
+// directory's journal again, as a mount after a crash would, first closes
+// (unlocks) the previous one, as the crash would have.
+var openJournals sync.Map
+
 func openJournalErr(t testing.TB, dir string, maxData int, logger *log.Logger) (*Journal, error) {
+	if old, ok := openJournals.LoadAndDelete(dir); ok {
+		old.(*Journal).Close()
+	}
 	bd, err := backing.Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +55,12 @@ func openJournalErr(t testing.TB, dir string, maxData int, logger *log.Logger) (
 	}
 	j, err := OpenJournal(bd, maxData, logger)
 	if err == nil {
-		t.Cleanup(j.Close)
+		openJournals.Store(dir, j)
+		t.Cleanup(func() {
+			if openJournals.CompareAndDelete(dir, j) {
+				j.Close()
+			}
+		})
 	}
 	return j, err
 }
@@ -499,4 +513,29 @@ func TestOpenJournalErrors(t *testing.T) {
 		t.Errorf("OpenJournal(journal is a directory) = %v, want EISDIR", err)
 	}
 	(*Journal)(nil).Close()
+}
+
+// TestJournalLock checks that one journal (one read-write mount) per
+// volume can be open at a time, and that closing it frees the volume.
+func TestJournalLock(t *testing.T) {
+	dir := t.TempDir()
+	bd, err := backing.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bd.Close()
+	logger := log.New(io.Discard, "", 0)
+	j, err := OpenJournal(bd, 1<<16, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenJournal(bd, 1<<16, logger); !errors.Is(err, ErrLocked) {
+		t.Errorf("OpenJournal while another holds it = %v, want ErrLocked", err)
+	}
+	j.Close()
+	j2, err := OpenJournal(bd, 1<<16, logger)
+	if err != nil {
+		t.Fatalf("OpenJournal after Close = %v, want nil", err)
+	}
+	j2.Close()
 }
