@@ -48,7 +48,7 @@ const usage = `kmsfs: an encrypted directory whose file keys are held by a KMS
 
 Usage:
     kmsfs init [--key URI]... [--block-size N] [--passphrase-file F] CIPHERDIR
-    kmsfs mount [-f] [--ro] [--allow-other] [--log-file F] [--key URI]... CIPHERDIR MOUNTPOINT
+    kmsfs mount [-f] [--ro] [--allow-other] [--nonempty] [--log-file F] [--key URI]... CIPHERDIR MOUNTPOINT
     kmsfs umount MOUNTPOINT
     kmsfs stats MOUNTPOINT
     kmsfs rewrap [--add URI]... [--remove URI]... CIPHERDIR
