@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"runtime/debug"
 	"sort"
 	"strings"
@@ -122,6 +123,9 @@ func usageError(format string, a ...any) int {
 	return exitUsage
 }
 
+// flagDashes finds flag names in the flag package's messages.
+var flagDashes = regexp.MustCompile(` -[A-Za-z][A-Za-z0-9-]*`)
+
 // stringList is a repeatable string flag.
 type stringList []string
 
@@ -139,7 +143,15 @@ func parseFlags(fs *flag.FlagSet, args []string, help string) ([]string, int, bo
 				fmt.Print(help)
 				return nil, exitOK, false
 			}
-			return nil, usageError("%v", err), false
+			// The flag package names flags with one dash; kmsfs documents
+			// them with two (one-letter ones with one).
+			msg := flagDashes.ReplaceAllStringFunc(err.Error(), func(m string) string {
+				if len(m) > 3 { // " -xy..." is a long flag
+					return m[:1] + "-" + m[1:]
+				}
+				return m
+			})
+			return nil, usageError("%s", msg), false
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {

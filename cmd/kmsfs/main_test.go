@@ -201,3 +201,26 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("timed out waiting")
 }
+
+// TestFlagErrorsUseTwoDashes checks that flag errors name long flags as
+// the help texts do.
+func TestFlagErrorsUseTwoDashes(t *testing.T) {
+	home := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad value of a long flag", []string{"mount", "--key-cache-ttl", "x", "a", "b"}, "flag --key-cache-ttl"},
+		{"unknown long flag", []string{"mount", "--bogus", "a", "b"}, "not defined: --bogus"},
+		{"bad value of a short flag", []string{"init", "-b", "x", "d"}, "flag -b:"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := kmsfs(t, home, tc.args...)
+			if code != 2 || !strings.Contains(stderr, tc.want) {
+				t.Errorf("kmsfs %v = exit %d, %q; want exit 2 and %q", tc.args, code, stderr, tc.want)
+			}
+		})
+	}
+}
