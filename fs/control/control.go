@@ -116,11 +116,14 @@ func serveConn(v Server, fd int) {
 	// A blocking descriptor: os.NewFile leaves it out of the poller.
 	c := os.NewFile(uintptr(fd), "kmsfs control connection")
 	defer c.Close()
+	// Read the request first, also from a peer that is refused: closing a
+	// socket with unread data resets the connection, and the client would
+	// see "connection reset" instead of the refusal.
+	line, err := bufio.NewReader(io.LimitReader(c, 256)).ReadString('\n')
 	if !peerAllowed(fd) {
-		fmt.Fprintln(c, `{"error":"permission denied"}`)
+		fmt.Fprintln(c, `{"error":"permission denied: only the user running this mount, or root, may use it"}`)
 		return
 	}
-	line, err := bufio.NewReader(io.LimitReader(c, 256)).ReadString('\n')
 	if err != nil {
 		return
 	}
