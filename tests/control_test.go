@@ -116,3 +116,28 @@ func TestControlSocketSquatted(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestControlSocketOtherUser runs "kmsfs stats" as another user: the
+// server refuses, and the user reads why.
+func TestControlSocketOtherUser(t *testing.T) {
+	v := newVolume(t)
+	// kmsfsBin lives where only root may enter: a copy the other user
+	// can run.
+	dir, err := os.MkdirTemp("/tmp", "kmsfs-otheruser-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "kmsfs")
+	b, err := os.ReadFile(kmsfsBin)
+	if err == nil {
+		err = os.WriteFile(bin, b, 0o755)
+	}
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	accessXDenied(t, "kmsfs stats of root's mount", "permission denied", bin, "stats", v.mnt)
+}
