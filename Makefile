@@ -30,7 +30,28 @@ FUZZTIME ?= 300000x
 # Time limit of the integration tests (tests/).
 INTEGRATION_TIMEOUT ?= 40m
 
-.PHONY: all deps build mount test vet fmt-check unit integration fuzz vulncheck bench clean
+# VERSION names the release: the nearest v* tag, without its v (0.3.0,
+# or 0.3.0-5-gabc1234 five commits after it), or 0.1.0-dev in a history
+# without tags; COMMIT is the commit. Both fall back to fixed words where
+# git cannot answer (no git, no .git, a clone owned by another user).
+# "kmsfs version" prints them; a build without make says "dev" and
+# "unknown".
+VERSION ?= $(or $(shell git describe --tags --match 'v[0-9]*' 2>/dev/null | sed 's/^v//'),0.1.0-dev)
+COMMIT ?= $(or $(shell git rev-parse --short HEAD 2>/dev/null),unknown)
+GO_LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+# Where "make install" puts things; DESTDIR prefixes every path (for
+# packaging). The mount helpers go to SBINDIR whatever PREFIX is:
+# mount(8) looks for /sbin/mount.TYPE and nowhere else.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= /sbin
+MANDIR ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+
+.PHONY: all deps build mount install uninstall test vet fmt-check unit integration fuzz vulncheck bench clean
 
 all: build
 
@@ -60,7 +81,33 @@ deps:
 	$(GO) mod download
 
 build:
-	$(GO) build -o bin/kmsfs ./cmd/kmsfs
+	$(GO) build -ldflags "$(GO_LDFLAGS)" -o bin/kmsfs ./cmd/kmsfs
+
+# install installs kmsfs (BINDIR), the mount helpers mount.fuse.kmsfs and
+# mount.kmsfs (SBINDIR, links to kmsfs, which acts as the helper under
+# those names), the systemd unit template kmsfs@.service, the man page
+# kmsfs(1) and the bash and zsh completions; the last three are made from
+# kmsfs's own help texts (cmd/kmsfs/internal/mangen).
+install: build
+	$(GO) run ./cmd/kmsfs/internal/mangen -o bin/kmsfs.1 man bin/kmsfs
+	$(GO) run ./cmd/kmsfs/internal/mangen -o bin/kmsfs.bash bash bin/kmsfs
+	$(GO) run ./cmd/kmsfs/internal/mangen -o bin/_kmsfs zsh bin/kmsfs
+	sed 's|@BINDIR@|$(BINDIR)|g' cmd/kmsfs/systemd/kmsfs@.service > bin/kmsfs@.service
+	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(SBINDIR)" "$(DESTDIR)$(MANDIR)/man1" \
+		"$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(BASHCOMPDIR)" "$(DESTDIR)$(ZSHCOMPDIR)"
+	install -m 0755 bin/kmsfs "$(DESTDIR)$(BINDIR)/kmsfs"
+	ln -sfn "$(BINDIR)/kmsfs" "$(DESTDIR)$(SBINDIR)/mount.fuse.kmsfs"
+	ln -sfn "$(BINDIR)/kmsfs" "$(DESTDIR)$(SBINDIR)/mount.kmsfs"
+	install -m 0644 bin/kmsfs.1 "$(DESTDIR)$(MANDIR)/man1/kmsfs.1"
+	install -m 0644 bin/kmsfs@.service "$(DESTDIR)$(UNITDIR)/kmsfs@.service"
+	install -m 0644 bin/kmsfs.bash "$(DESTDIR)$(BASHCOMPDIR)/kmsfs"
+	install -m 0644 bin/_kmsfs "$(DESTDIR)$(ZSHCOMPDIR)/_kmsfs"
+
+uninstall:
+	rm -f "$(DESTDIR)$(BINDIR)/kmsfs" "$(DESTDIR)$(SBINDIR)/mount.fuse.kmsfs" \
+		"$(DESTDIR)$(SBINDIR)/mount.kmsfs" "$(DESTDIR)$(MANDIR)/man1/kmsfs.1" \
+		"$(DESTDIR)$(UNITDIR)/kmsfs@.service" "$(DESTDIR)$(BASHCOMPDIR)/kmsfs" \
+		"$(DESTDIR)$(ZSHCOMPDIR)/_kmsfs"
 
 # mount builds kmsfs, creates the volume CIPHER with the default local key
 # (~/.config/kmsfs/local.key) if it is not one yet, and mounts it at PLAIN.

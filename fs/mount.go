@@ -1,12 +1,14 @@
 package fs
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log"
 	"os"
 	"regexp"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,14 +32,16 @@ type MountOptions struct {
 	AllowOther bool
 	// Debug logs every FUSE request (never contents).
 	Debug bool
+	// NoExec forbids executing programs from the mount (mount -o noexec).
+	NoExec bool
 }
 
 // Mount serves v at mountpoint and returns once the mount is ready. The
 // caller unmounts with server.Unmount and waits with server.Wait.
-func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*fuse.Server, error) {
+func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*Server, error) {
 	// Replays writes a crash interrupted, before anything is read.
-	maxData := (maxWrite/v.Layout.BlockSize + 2) * v.Layout.CipherBlockSize()
-	j, err := cryptfile.OpenJournal(v.Backing(), maxData, v.Log)
+	maxData := cryptfile.JournalDataSize(v.Layout)
+	j, err := cryptfile.OpenJournal(context.Background(), v.Backing(), maxData, v, !o.ReadOnly, v.Log)
 	if err != nil {
 		if !o.ReadOnly {
 			return nil, fmt.Errorf("mount: %w", err)
@@ -69,6 +73,9 @@ func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*fuse.Server, e
 	if o.ReadOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
+	if o.NoExec {
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "noexec")
+	}
 	srv, err := gofs.Mount(mountpoint, root, opts)
 	if err != nil {
 		j.Close()
@@ -82,11 +89,23 @@ func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*fuse.Server, e
 	} else if err := SetReadahead(mountpoint, ReadaheadKB); err != nil {
 		v.Log.Printf("kmsfs: %v (reads stay in the kernel's default request size)", err)
 	}
-	go func() {
-		srv.Wait()
-		j.Close()
-	}()
-	return srv, nil
+	return &Server{Server: srv, journal: j}, nil
+}
+
+// Server is a running mount: go-fuse's server, and the write journal the
+// mount writes through.
+type Server struct {
+	*fuse.Server
+	journal *cryptfile.Journal
+	once    sync.Once
+}
+
+// Wait returns once the file system is unmounted and the write journal is
+// closed (its key wiped): the caller may then close the volume and purge
+// locked memory.
+func (s *Server) Wait() {
+	s.Server.Wait()
+	s.once.Do(func() { s.journal.Close() })
 }
 
 // ReadaheadKB is the kernel readahead kmsfs sets on its mounts: four

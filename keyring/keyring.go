@@ -145,18 +145,11 @@ func (r *Registry) Schemes() []string {
 }
 
 // Open opens the keyring named by uri with the provider registered in r
-// for its scheme. An unknown scheme is an error wrapping ErrBadURI.
+// for its scheme. A URI that Check refuses is an error wrapping ErrBadURI.
 func (r *Registry) Open(ctx context.Context, uri string, opts Options) (Keyring, error) {
-	u, err := url.Parse(uri)
+	u, open, err := r.parse(uri)
 	if err != nil {
-		return nil, fmt.Errorf("keyring: %q: %w: %v", uri, ErrBadURI, err)
-	}
-	var open Opener
-	if r != nil {
-		open = r.openers[u.Scheme]
-	}
-	if open == nil {
-		return nil, fmt.Errorf("keyring: %q: %w: unknown scheme %q (known: %v)", uri, ErrBadURI, u.Scheme, r.Schemes())
+		return nil, err
 	}
 	kr, err := open(ctx, u, opts)
 	if err != nil {
@@ -164,6 +157,40 @@ func (r *Registry) Open(ctx context.Context, uri string, opts Options) (Keyring,
 		return nil, err
 	}
 	return kr, nil
+}
+
+// Check reports whether uri could name a keyring of r without opening it:
+// it must parse, name a registered scheme and hold no user information
+// (credentials come from each provider's own chain, never from a URI).
+// Errors wrap ErrBadURI and show the URI through RedactURI. Checks of a
+// provider's own (region, key, path) happen when it is opened.
+func (r *Registry) Check(uri string) error {
+	_, _, err := r.parse(uri)
+	return err
+}
+
+func (r *Registry) parse(uri string) (*url.URL, Opener, error) {
+	shown := RedactURI(uri)
+	u, err := url.Parse(uri)
+	if err != nil {
+		why := "not a URI"
+		var ue *url.Error
+		if shown == uri && errors.As(err, &ue) {
+			why = ue.Err.Error() // the URI holds no secret: say what is wrong
+		}
+		return nil, nil, fmt.Errorf("keyring: %q: %w: %s", shown, ErrBadURI, why)
+	}
+	var open Opener
+	if r != nil {
+		open = r.openers[u.Scheme]
+	}
+	switch {
+	case open == nil:
+		return nil, nil, fmt.Errorf("keyring: %q: %w: unknown scheme %q (known: %v)", shown, ErrBadURI, u.Scheme, r.Schemes())
+	case u.User != nil:
+		return nil, nil, fmt.Errorf("keyring: %q: %w: credentials do not belong in a key URI (each key service takes them from its own configuration)", shown, ErrBadURI)
+	}
+	return u, open, nil
 }
 
 // Resolver opens keyrings on first use and keeps them for later calls. It

@@ -85,5 +85,5 @@ func (m *meteredKeyring) stats() KeyStats {
 }
 
 func errNoWrap(uri string) error {
-	return fmt.Errorf("keyring: %s cannot wrap an existing data key", uri)
+	return fmt.Errorf("keyring: %s cannot wrap an existing data key", RedactURI(uri))
 }

@@ -102,6 +102,28 @@ func TestCLIErrors(t *testing.T) {
 		defer os.Chmod(v.keyPath, 0o600)
 		checkError(t, v.kmsfs(v.mountCommand()...), exitNoKey)
 	})
+	t.Run("mount with the key file of another key", func(t *testing.T) {
+		// Unwrapping fails as it does for an altered slot, but the
+		// configuration is intact: a wrong key (4), not damage (3).
+		other := newVolume(t, notMounted())
+		orig, err := os.ReadFile(v.keyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.WriteFile(v.keyPath, orig, 0o600)
+		b, err := os.ReadFile(other.keyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(v.keyPath, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := v.kmsfs(v.mountCommand()...)
+		checkError(t, r, exitNoKey)
+		if !strings.Contains(r.stderr, "does not open this volume") {
+			t.Errorf("%v\nwant the error to say the key does not open this volume", r)
+		}
+	})
 	t.Run("mount on a busy mount point", func(t *testing.T) {
 		v.mount()
 		defer v.unmount()

@@ -203,6 +203,9 @@ func TestRemovedKeyNotReused(t *testing.T) {
 	if err := os.WriteFile(v.backing(kmsvolume.ConfigName), old, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Even accepted on purpose (an older epoch is refused otherwise, see
+	// TestConfigRollbackRefused), it wraps nothing under the removed key.
+	v.mountArgs = append(v.mountArgs, "--allow-rollback")
 	v.mount()
 	writeFile(t, v.path("new"), []byte("after the restore"))
 	h := backingHeader(t, v.backing("new"))
@@ -231,4 +234,58 @@ func TestRewrapUnknownRemove(t *testing.T) {
 	if string(before) != string(after) {
 		t.Errorf("the configuration changed after a failed rewrap")
 	}
+}
+
+// TestConfigRollbackRefused restores the configuration from before a
+// rewrap: the mount refuses it (exit 3, saying why) until the user
+// overrides it explicitly; a running mount refuses to reload it.
+func TestConfigRollbackRefused(t *testing.T) {
+	second := local.URI(filepath.Join(t.TempDir(), "second.key"))
+	v := newVolume(t, notMounted())
+	old, err := os.ReadFile(v.backing(kmsvolume.ConfigName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := v.kmsfs("rewrap", "--add", second, v.cipherDir); r.code != exitOK {
+		t.Fatalf("%v\nwant exit 0", r)
+	}
+	newer, err := os.ReadFile(v.backing(kmsvolume.ConfigName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(v.backing(kmsvolume.ConfigName), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := v.kmsfs(v.mountCommand()...)
+	if r.code == exitOK {
+		v.mounted = true
+		t.Fatalf("mount of a rolled-back configuration: %v\nwant a refusal", r)
+	}
+	if r.code != exitBadVolume || !strings.Contains(r.stderr, "older") || !strings.Contains(r.stderr, "--allow-rollback") {
+		t.Errorf("mount of a rolled-back configuration: %v\nwant exit %d, a message saying it is older, and the override", r, exitBadVolume)
+	}
+	if r := v.kmsfs("rewrap", "--add", second, v.cipherDir); r.code == exitOK {
+		t.Errorf("rewrap of a rolled-back configuration: %v\nwant a refusal", r)
+	}
+
+	// The newer configuration mounts; a rollback under the mount is not
+	// reloaded.
+	if err := os.WriteFile(v.backing(kmsvolume.ConfigName), newer, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v.mount()
+	if err := os.WriteFile(v.backing(kmsvolume.ConfigName), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := v.kmsfs("rewrap", v.cipherDir); r.code == exitOK {
+		t.Errorf("rewrap with a rolled-back configuration under a mount: %v\nwant a refusal", r)
+	}
+	v.unmount()
+
+	// The explicit override mounts it, and records it as the one seen.
+	v.mountArgs = append(v.mountArgs, "--allow-rollback")
+	v.mount()
+	v.unmount()
+	v.mountArgs = v.mountArgs[:len(v.mountArgs)-1]
+	v.mount()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
@@ -64,8 +65,24 @@ func runInit(args []string) int {
 		}
 		keys = append(keys, def)
 	}
+	if code := checkKeyURIs(keys...); code != 0 {
+		return code
+	}
 	opts := keyring.Options{Create: true}
 	if *pf != "" {
+		if code := checkPassphraseFlag(*pf); code != 0 {
+			return code
+		}
+		uses, others, err := initPassphraseUse(keys)
+		if err != nil {
+			return errorf(exitCode(err), "%v", err)
+		}
+		if len(uses) == 0 {
+			return unusedPassphraseFile(*pf, strings.Join(others, "; "))
+		}
+		for _, o := range others {
+			fmt.Fprintf(os.Stderr, "kmsfs: warning: --passphrase-file does not apply to every key: %s\n", o)
+		}
 		opts.Passphrase = passphraseSource(*pf)
 	}
 	res := keyring.NewResolver(newRegistry(), opts)
@@ -81,7 +98,7 @@ func runInit(args []string) int {
 	}
 	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d, a data key serves up to %d files for %d s)\n", dir, cfg.VolumeID, cfg.BlockSize, cfg.ReuseFiles, cfg.ReuseSeconds)
 	for _, k := range cfg.Keys {
-		fmt.Printf("kmsfs: file keys wrapped under %s\n", k)
+		fmt.Printf("kmsfs: file keys wrapped under %s\n", keyring.RedactURI(k))
 	}
 	fmt.Printf("kmsfs: mount it with: kmsfs mount %s MOUNTPOINT\n", dir)
 	return exitOK
@@ -96,12 +113,20 @@ func defaultKeyURI() (string, error) {
 	return "local://" + filepath.Join(d, "kmsfs", "local.key"), nil
 }
 
-// exitCode maps an error to the documented exit code.
+// exitCode maps an error to the documented exit code (README, "Exit
+// codes"). The order matters: a key that does not open the volume is a
+// key problem although its slot failed like damage; a damaged volume is
+// damage whatever key errors came with it; a bad key URI is a usage
+// error although a key could not be opened.
 func exitCode(err error) int {
 	switch {
-	case errors.Is(err, volume.ErrNotVolume), errors.Is(err, volume.ErrBadConfig), errors.Is(err, volume.ErrCorrupt):
+	case errors.Is(err, volume.ErrWrongKey):
+		return exitKey
+	case errors.Is(err, volume.ErrNotVolume), errors.Is(err, volume.ErrBadConfig), errors.Is(err, volume.ErrCorrupt), errors.Is(err, volume.ErrRollback):
 		return exitNotVolume
-	case errors.Is(err, volume.ErrKeyUnavailable), errors.Is(err, volume.ErrUntrusted), errors.Is(err, keyring.ErrBadURI), keyring.IsPermanent(err),
+	case errors.Is(err, keyring.ErrBadURI):
+		return exitUsage
+	case errors.Is(err, volume.ErrKeyUnavailable), errors.Is(err, volume.ErrUntrusted), keyring.IsPermanent(err),
 		errors.Is(err, keyring.ErrUnavailable), errors.Is(err, keyring.ErrThrottled):
 		return exitKey
 	}

@@ -63,7 +63,7 @@ func runStats(args []string) int {
 			avg = k.TotalMs / calls
 		}
 		fmt.Printf("%s: %d generate, %d unwrap, %d wrap, %d errors, avg %d ms, max %d ms\n",
-			k.URI, k.Generate, k.Unwrap, k.Wrap, k.Errors, avg, k.MaxMs)
+			keyring.RedactURI(k.URI), k.Generate, k.Unwrap, k.Wrap, k.Errors, avg, k.MaxMs)
 		if k.LastError != "" {
 			fmt.Printf("    last error: %s\n", k.LastError)
 		}
@@ -109,12 +109,16 @@ func runRewrap(args []string) int {
 	if len(pos) != 1 {
 		return usageError("rewrap takes one volume directory")
 	}
+	if code := checkKeyURIs(slices.Concat(add, remove, extra)...); code != 0 {
+		return code
+	}
 	dir, _ := filepath.Abs(pos[0])
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var logBuf bytes.Buffer
 	reg := newRegistry()
-	res := keyring.NewResolver(reg, keyring.Options{Passphrase: passphraseSource(*pf), Create: false})
+	src, used := trackedPassphraseSource(*pf)
+	res := keyring.NewResolver(reg, keyring.Options{Passphrase: src, Create: false})
 	res.SetCache(keyring.NewCache(24*time.Hour, 1<<20))
 	for _, u := range add {
 		// Like init, create a local key file that does not exist yet.
@@ -136,7 +140,14 @@ func runRewrap(args []string) int {
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
+	if err := checkEpoch(vol, rec, store, false); err != nil {
+		vol.Close()
+		return errorf(exitCode(err), "%v", err)
+	}
 	defer vol.Close()
+	if *pf != "" && !used() {
+		return unusedPassphraseFile(*pf, "no key of the volume is protected by a passphrase")
+	}
 	mnt := mountPointOf(dir)
 	var last time.Time
 	progress := func(done, total int) {
@@ -156,7 +167,11 @@ func runRewrap(args []string) int {
 		// The configuration now holds the new key list: so does the trust
 		// record, with removed keys kept for unlocking only until every
 		// file is rewrapped.
+		if store == nil {
+			return // keys named with --key only: nothing recorded
+		}
 		trustErr = store.Update(vol.Config.VolumeID, func(r *trust.Record) {
+			r.Epoch = vol.Config.Epoch
 			for _, u := range add {
 				if !slices.Contains(r.Keys, u) {
 					r.Keys = append(r.Keys, u)
@@ -182,7 +197,7 @@ func runRewrap(args []string) int {
 	}
 	if trustErr != nil {
 		fmt.Fprintf(os.Stderr, "kmsfs: warning: the trust record was not updated: %v\n", trustErr)
-	} else if err == nil && len(remove) > 0 {
+	} else if err == nil && len(remove) > 0 && store != nil {
 		// Every file is rewrapped: the removed keys open nothing any more.
 		if terr := store.Update(vol.Config.VolumeID, func(r *trust.Record) {
 			r.Retired = slices.DeleteFunc(r.Retired, func(x string) bool { return slices.Contains(remove, x) })
@@ -195,7 +210,7 @@ func runRewrap(args []string) int {
 		calls += k.Generate + k.Unwrap + k.Wrap
 	}
 	fmt.Printf("kmsfs: rewrap: %d files, %d rewritten, %d failed, %d key service calls; keys now %s\n",
-		r.Files, r.Rewritten, r.Failed, calls, strings.Join(r.Keys, " "))
+		r.Files, r.Rewritten, r.Failed, calls, strings.Join(keyring.RedactURIs(r.Keys), " "))
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}

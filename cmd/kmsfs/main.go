@@ -18,8 +18,13 @@ import (
 	"github.com/awnumar/memguard"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit name the release and the commit kmsfs was built
+// from; the Makefile sets them with -ldflags "-X main.version=... -X
+// main.commit=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
 
 // Exit codes of every kmsfs command.
 const (
@@ -49,11 +54,17 @@ const usage = `kmsfs: an encrypted directory whose file keys are held by a KMS
 
 Usage:
     kmsfs init [--key URI]... [--block-size N] [--passphrase-file F] CIPHERDIR
-    kmsfs mount [-f] [--ro] [--allow-other] [--nonempty] [--log-file F] [--key URI]... CIPHERDIR MOUNTPOINT
+    kmsfs mount [-f] [--ro] [--allow-other] [--nonempty] [--log-file F] [--key URI]... [-o OPTIONS] CIPHERDIR MOUNTPOINT
     kmsfs umount MOUNTPOINT
     kmsfs stats MOUNTPOINT
     kmsfs rewrap [--add URI]... [--remove URI]... CIPHERDIR
     kmsfs trust [--yes] [--key URI]... CIPHERDIR
+    kmsfs passwd [--key URI] [--passphrase-file OLD] [--new-passphrase-file NEW | --remove]
+    kmsfs info [--json] CIPHERDIR
+    kmsfs fsck [--json] [--repair] CIPHERDIR
+    kmsfs cat CIPHERDIR PATH
+    kmsfs encrypt [--key URI]... [--block-size N] IN OUT
+    kmsfs decrypt [--key URI]... IN OUT
     kmsfs kms-emulator [options]
     kmsfs version
     kmsfs COMMAND --help
@@ -63,10 +74,14 @@ Keys are named by URI; the default is a local key file,
 local://$HOME/.config/kmsfs/local.key, created by init if absent.
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 not a kmsfs volume or bad
-configuration, 4 key unavailable, 5 mount failed.
+configuration, 4 key unavailable, 5 mount failed, 6 damage found (fsck,
+cat, decrypt).
 `
 
 func main() {
+	if isMountHelper(os.Args[0]) {
+		os.Exit(runMountHelper(os.Args[1:]))
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -99,11 +114,20 @@ func run(args []string) int {
 }
 
 func runVersion(args []string) int {
-	v := version
-	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		v = bi.Main.Version
+	v, c := version, commit
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		// Built without the Makefile: "go install ...@v1.2.3" records the
+		// module version, a build in a git checkout the commit.
+		if v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && c == "unknown" && len(s.Value) >= 7 {
+				c = s.Value[:7]
+			}
+		}
 	}
-	fmt.Printf("kmsfs %s (format version 1)\n", v)
+	fmt.Printf("kmsfs %s (commit %s, format version 1)\n", v, c)
 	return exitOK
 }
 

@@ -73,6 +73,8 @@ func TestCLIErrors(t *testing.T) {
 	os.MkdirAll(filepath.Join(nonEmpty, "x"), 0o755)
 	plain := filepath.Join(home, "plain")
 	os.Mkdir(plain, 0o755)
+	mnt := filepath.Join(home, "mnt")
+	os.Mkdir(mnt, 0o755)
 	file := filepath.Join(home, "file")
 	os.WriteFile(file, nil, 0o644)
 
@@ -87,9 +89,9 @@ func TestCLIErrors(t *testing.T) {
 		{"init twice", []string{"init", vol}, exitError, "already a kmsfs volume"},
 		{"init non-empty", []string{"init", nonEmpty}, exitError, "not empty"},
 		{"init bad block size", []string{"init", "--block-size", "5000", plain}, exitError, "power of two"},
-		{"init bad key URI", []string{"init", "--key", "nosuch://x", plain}, exitKey, "unknown scheme"},
-		{"init relative local key", []string{"init", "--key", "local://relative/key", plain}, exitKey, ""},
-		{"mount not a volume", []string{"mount", plain, plain}, exitNotVolume, "not a kmsfs volume"},
+		{"init bad key URI", []string{"init", "--key", "nosuch://x", plain}, exitUsage, "unknown scheme"},
+		{"init relative local key", []string{"init", "--key", "local://relative/key", plain}, exitUsage, "bad key URI"},
+		{"mount not a volume", []string{"mount", plain, mnt}, exitNotVolume, "not a kmsfs volume"},
 		{"mount missing mount point", []string{"mount", vol, filepath.Join(home, "nope")}, exitMount, "mount point"},
 		{"mount point is a file", []string{"mount", vol, file}, exitMount, "not a directory"},
 		{"mount one arg", []string{"mount", vol}, exitUsage, "CIPHERDIR and MOUNTPOINT"},

@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -16,6 +15,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,8 +41,14 @@ Options:
     -f, --foreground          stay in the foreground
         --ro                  mount read-only
         --allow-other         let other users in (permissions are enforced)
+        --allow-rollback      accept a configuration older than one already
+                              seen for this volume (a backup restored on
+                              purpose); it is recorded as the one seen
         --nonempty            mount over a directory that is not empty (its
                               entries are hidden while mounted)
+        --noexec              do not let programs be executed from the mount
+    -o OPTIONS                mount(8)-style options, e.g. ro,key=URI: the
+                              options of /etc/fstab (see "mount.kmsfs --help")
     -l, --log-file F          append the server's log to F
     -k, --key URI             also try this key for key slots of the same kind
                               (repeatable), e.g. a local key file that moved
@@ -79,6 +85,10 @@ func runMount(args []string) int {
 	ro := fl.Bool("ro", false, "")
 	allowOther := fl.Bool("allow-other", false, "")
 	nonempty := fl.Bool("nonempty", false, "")
+	allowRollback := fl.Bool("allow-rollback", false, "")
+	noexec := fl.Bool("noexec", false, "")
+	var mountOpts stringList
+	fl.Var(&mountOpts, "o", "")
 	logFile := fl.String("log-file", "", "")
 	fl.StringVar(logFile, "l", "", "")
 	pf := fl.String("passphrase-file", "", "")
@@ -94,8 +104,14 @@ func runMount(args []string) int {
 	if !ok {
 		return code
 	}
+	if code := applyMountOptions(fl, mountOpts); code != 0 {
+		return code
+	}
 	if len(pos) != 2 {
 		return usageError("mount takes CIPHERDIR and MOUNTPOINT, got %d arguments", len(pos))
+	}
+	if code := checkKeyURIs(extra...); code != 0 {
+		return code
 	}
 	cipherDir, _ := filepath.Abs(pos[0])
 	mnt, _ := filepath.Abs(pos[1])
@@ -118,7 +134,7 @@ func runMount(args []string) int {
 		}
 		return errorf(exitNotVolume, "%v", err)
 	}
-	rec, _, err := trustedKeys(cipherDir, extra)
+	rec, store, err := trustedKeys(cipherDir, extra)
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
@@ -136,25 +152,29 @@ func runMount(args []string) int {
 			return p, err
 		}})
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		_, err := volume.Open(ctx, cipherDir, res, openOpts)
+		vol, err := volume.Open(ctx, cipherDir, res, openOpts)
 		cancel()
 		if err != nil {
 			return errorf(exitCode(err), "%v", err)
 		}
+		err = checkEpoch(vol, rec, store, *allowRollback)
+		vol.Close()
+		if err != nil {
+			return errorf(exitCode(err), "%v", err)
+		}
+		if *pf != "" && pass == nil {
+			return unusedPassphraseFile(*pf, "no key of the volume is protected by a passphrase")
+		}
 		return spawnServer(args, pass)
 	}
 
-	var logw io.Writer = os.Stderr
-	if *logFile != "" {
-		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return errorf(exitError, "log file: %v", err)
-		}
-		defer f.Close()
-		logw = f
-	}
-	logger := log.New(logw, "", log.LstdFlags)
+	background := os.Getenv(envReadyFD) != ""
 	ready := readyReporter()
+	logger, logCloser, err := serverLog(*logFile, background, mnt)
+	if err != nil {
+		return ready(exitError, err.Error())
+	}
+	defer logCloser.Close()
 
 	opts := keyring.Options{Passphrase: passphraseSource(*pf)}
 	if fdStr := os.Getenv(envPassFD); fdStr != "" {
@@ -171,12 +191,15 @@ func runMount(args []string) int {
 		return ready(exitCode(err), err.Error())
 	}
 	defer vol.Close()
+	if err := checkEpoch(vol, rec, store, *allowRollback); err != nil {
+		return ready(exitCode(err), err.Error())
+	}
 	// Catch signals before mounting: one that arrives while the mount
 	// comes up is handled (unmount) once it is up, instead of killing the
 	// process and leaving a dead mount.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	srv, err := fs.Mount(vol, mnt, fs.MountOptions{ReadOnly: *ro, AllowOther: *allowOther, Debug: *dbg})
+	srv, err := fs.Mount(vol, mnt, fs.MountOptions{ReadOnly: *ro, AllowOther: *allowOther, Debug: *dbg, NoExec: *noexec})
 	if err != nil {
 		return ready(exitMount, err.Error())
 	}
@@ -187,6 +210,16 @@ func runMount(args []string) int {
 	}
 	logger.Printf("kmsfs: serving %s at %s (volume %s)", cipherDir, mnt, vol.Config.VolumeID)
 	ready(0, "")
+	// A foreground server started by systemd (Type=notify) tells it the
+	// mount is ready, and when it stops.
+	if err := sdNotify("READY=1\nSTATUS=serving " + mnt); err != nil {
+		logger.Printf("kmsfs: %v", err)
+	}
+	stopping := sync.OnceFunc(func() {
+		if err := sdNotify("STOPPING=1"); err != nil {
+			logger.Printf("kmsfs: %v", err)
+		}
+	})
 
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -197,6 +230,7 @@ func runMount(args []string) int {
 	go func() {
 		for s := range sig {
 			logger.Printf("kmsfs: %v: unmounting %s", s, mnt)
+			stopping()
 			if err := srv.Unmount(); err != nil {
 				// Busy: detach it now (new accesses fail, nothing new can
 				// enter) and keep serving the open files until they are
@@ -210,6 +244,7 @@ func runMount(args []string) int {
 		}
 	}()
 	srv.Wait()
+	stopping()
 	logger.Printf("kmsfs: %s unmounted", mnt)
 	// The deferred vol.Close wipes the volume's keys; run() then purges
 	// memguard.
@@ -304,7 +339,15 @@ func spawnServer(args []string, pass []byte) int {
 		return errorf(exitError, "%v", err)
 	}
 	cmd := exec.Command(exe, append([]string{"mount"}, args...)...)
-	cmd.Env = append(os.Environ(), envReadyFD+"=3")
+	cmd.Args[0] = "kmsfs" // not mount.kmsfs, when run as the mount helper
+	// The server is not the process a service manager started: it must
+	// not answer on its $NOTIFY_SOCKET.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, envNotifySocket+"=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, envReadyFD+"=3")
 	cmd.ExtraFiles = []*os.File{pw}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
@@ -312,10 +355,9 @@ func spawnServer(args []string, pass []byte) int {
 		return errorf(exitError, "%v", err)
 	}
 	defer devnull.Close()
+	// The server logs to --log-file, syslog or a file (serverLog), never
+	// to the terminal it outlives.
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		cmd.Stderr = os.Stderr
-	}
 	if pass != nil {
 		// The server has no terminal: hand it the passphrase over a pipe.
 		ppr, ppw, err := os.Pipe()
@@ -352,26 +394,17 @@ func spawnServer(args []string, pass []byte) int {
 }
 
 // passphraseSource returns how to get a passphrase: from the first line of
-// a file, or "-" (or no file, on a terminal) from a prompt.
+// a private file (readPassphraseFile), or "-" (or no file, on a terminal)
+// from a prompt, twice for a new passphrase (askPassphrase).
 func passphraseSource(file string) func(prompt string) ([]byte, error) {
 	return func(prompt string) ([]byte, error) {
 		if file != "" && file != "-" {
-			b, err := os.ReadFile(file)
-			if err != nil {
-				return nil, fmt.Errorf("passphrase file: %w", err)
-			}
-			line, _, _ := bytes.Cut(b, []byte("\n"))
-			p := bytes.Clone(bytes.TrimRight(line, "\r"))
-			memguard.WipeBytes(b)
-			if len(p) == 0 {
-				return nil, fmt.Errorf("passphrase file %s is empty", file)
-			}
-			return p, nil
+			return readPassphraseFile(file)
 		}
 		if !term.IsTerminal(int(os.Stdin.Fd())) {
 			return nil, errors.New("a passphrase is needed and there is no terminal: use --passphrase-file")
 		}
-		return promptPassphrase(prompt)
+		return askPassphrase(prompt)
 	}
 }
 

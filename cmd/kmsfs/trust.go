@@ -62,6 +62,9 @@ func runTrust(args []string) int {
 	if len(pos) != 1 {
 		return usageError("trust takes one volume directory")
 	}
+	if code := checkKeyURIs(keys...); code != 0 {
+		return code
+	}
 	dir, _ := filepath.Abs(pos[0])
 	id, err := volume.PeekVolumeID(dir)
 	if err != nil {
@@ -76,10 +79,10 @@ func runTrust(args []string) int {
 	}
 	fmt.Printf("volume %s in %s\n", id, dir)
 	for _, k := range named {
-		fmt.Printf("  its configuration names key %s\n", k)
+		fmt.Printf("  its configuration names key %s\n", keyring.RedactURI(k))
 	}
 	for _, k := range keys {
-		fmt.Printf("  to trust: %s\n", k)
+		fmt.Printf("  to trust: %s\n", keyring.RedactURI(k))
 	}
 	if !*yes {
 		if !term.IsTerminal(int(os.Stdin.Fd())) {
@@ -93,20 +96,25 @@ func runTrust(args []string) int {
 	}
 	// The keys must open the configuration: trust is recorded only for
 	// keys that really belong to the volume.
-	res := keyring.NewResolver(newRegistry(), keyring.Options{Passphrase: passphraseSource(*pf)})
+	src, used := trackedPassphraseSource(*pf)
+	res := keyring.NewResolver(newRegistry(), keyring.Options{Passphrase: src})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{Trusted: keys, Log: log.New(io.Discard, "", 0)})
 	if err != nil {
 		return errorf(exitCode(err), "the keys do not open the volume: %v", err)
 	}
-	gotID := vol.Config.VolumeID
+	gotID, epoch := vol.Config.VolumeID, vol.Config.Epoch
 	vol.Close()
+	if *pf != "" && !used() {
+		return unusedPassphraseFile(*pf, "none of the keys is protected by a passphrase")
+	}
 	store, err := trust.DefaultStore()
 	if err != nil {
 		return errorf(exitError, "%v", err)
 	}
 	if err := store.Update(gotID, func(r *trust.Record) {
+		r.Epoch = max(r.Epoch, epoch)
 		for _, k := range keys {
 			if !slices.Contains(r.Keys, k) {
 				r.Keys = append(r.Keys, k)
@@ -116,7 +124,7 @@ func runTrust(args []string) int {
 	}); err != nil {
 		return errorf(exitError, "%v", err)
 	}
-	fmt.Printf("kmsfs: trusted for volume %s: %s (recorded in %s)\n", gotID, strings.Join(keys, " "), store.Dir)
+	fmt.Printf("kmsfs: trusted for volume %s: %s (recorded in %s)\n", gotID, strings.Join(keyring.RedactURIs(keys), " "), store.Dir)
 	return exitOK
 }
 
@@ -136,7 +144,9 @@ func trustedKeys(dir string, extra []string) (*trust.Record, *trust.Store, error
 	rec, err := store.Load(id)
 	if errors.Is(err, trust.ErrNotTrusted) {
 		if len(extra) > 0 {
-			return &trust.Record{VolumeID: id}, store, nil
+			// Keys named on the command line are trusted for this run only:
+			// nothing is recorded (no store).
+			return &trust.Record{VolumeID: id}, nil, nil
 		}
 		return nil, nil, fmt.Errorf("%w: %w; see its keys and trust them with 'kmsfs trust %s', or name a key with --key", volume.ErrUntrusted, err, dir)
 	}
@@ -152,5 +162,26 @@ func recordInit(cfg *volume.Config) error {
 	if err != nil {
 		return err
 	}
-	return store.Save(&trust.Record{VolumeID: cfg.VolumeID, Keys: slices.Clone(cfg.Keys)})
+	return store.Save(&trust.Record{VolumeID: cfg.VolumeID, Keys: slices.Clone(cfg.Keys), Epoch: cfg.Epoch})
+}
+
+// checkEpoch refuses a configuration older than the last one this user
+// accepted for the volume (rec, from store), unless allow, and records a
+// newer one, or an older one allowed explicitly. A nil store (keys named
+// on the command line, no record) checks nothing.
+func checkEpoch(vol *volume.Volume, rec *trust.Record, store *trust.Store, allow bool) error {
+	if store == nil {
+		return nil
+	}
+	got := vol.Config.Epoch
+	if got < rec.Epoch && !allow {
+		return fmt.Errorf("%s: %w: epoch %d, but this user already saw epoch %d; if you restored it on purpose, mount once with --allow-rollback", vol.Dir, volume.ErrRollback, got, rec.Epoch)
+	}
+	if got == rec.Epoch {
+		return nil
+	}
+	if err := store.Update(vol.Config.VolumeID, func(r *trust.Record) { r.Epoch = got }); err != nil {
+		return fmt.Errorf("recording the configuration's epoch: %w", err)
+	}
+	return nil
 }

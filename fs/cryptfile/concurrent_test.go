@@ -135,6 +135,9 @@ func TestConcurrentHandles(t *testing.T) {
 				h.Close()
 			}
 			e.check(rh[0], m)
+			if j != nil {
+				checkJournalClear(t, dir, j.slotSize)
+			}
 		})
 	}
 }

@@ -982,9 +982,11 @@ func TestWriteFailureOverwrite(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		limit int64 // above the old backing size
+		// left: the record is left in the journal for the next mount.
+		left bool
 	}{
-		{"copy fits under the limit", header.Size + 3*(B+28) + 10},
-		{"copy refused too", header.Size + 2*(B+28) + 200},
+		{"copy fits under the limit", header.Size + 3*(B+28) + 10, false},
+		{"copy refused too", header.Size + 2*(B+28) + 200, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -1008,10 +1010,23 @@ func TestWriteFailureOverwrite(t *testing.T) {
 			if err == nil {
 				t.Fatalf("WriteAt past the size limit = nil, want an error")
 			}
-			if rec := journalBytes(t, dir); bytes.HasPrefix(rec, journalMagic) {
-				// Left for the next mount: replay it as a mount would.
-				openTestJournal(t, dir, maxData, nil)
+			want := 0
+			if tc.left {
+				want = 1
 			}
+			jb := journalBytes(t, dir)
+			live := liveSlots(jb, j.slotSize)
+			if len(live) != want {
+				t.Fatalf("slots holding a record after the failed write = %v, want %d", live, want)
+			}
+			if tc.left {
+				if _, err := openRecord(j.key.Cipher(), live[0], slotPage(jb, j.slotSize, live[0]), j.slotSize-journalHdr); err != nil {
+					t.Fatalf("the record left in slot %d: openRecord = %v, want nil", live[0], err)
+				}
+				// Left for the next mount: replay it as a mount would.
+				j = openTestJournal(t, dir, maxData, nil)
+			}
+			checkJournalClear(t, dir, j.slotSize)
 			// Block 2 now holds its old content or the new one, whole; the
 			// part of the write past it may be lost.
 			got := e.backing()

@@ -1,15 +1,21 @@
 package cryptfile
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/fs/backing"
 	"github.com/kmsfs/kmsfs/header"
 )
@@ -39,24 +45,33 @@ import (
 // blocks is allowed). A long append therefore costs two small journal
 // writes, not a second copy of its data.
 //
-// Slot layout, at slot i * slotSize (page aligned):
-//
-//	offset 0:    magic "KMSFSJ2\x00" (8) | file ID (16) | inode (8) |
-//	             cipher offset (8) | length of the copy (4) |
-//	             cut the file here after the copy, or -1 (8) |
-//	             path length (2) | path relative to the backing directory
-//	offset 4096: the copy of the ciphertext
+// The journal's layout is in docs/FORMAT.md ("Write journal"): a kmsfs
+// header whose key (the journal key) seals every record, then the slots;
+// each record page holds a sealed record, each copy area the ciphertext
+// the record describes. A cleared slot holds zeros (its copy area is
+// deallocated), so no path or old ciphertext stays behind.
 const (
 	// JournalName is the name of the journal file in the root of the
 	// backing directory; it is invisible through the mount.
 	JournalName  = "kmsfs.journal"
 	journalSlots = 8
-	journalHdr   = 4096
-	recordFixed  = 54
-	maxJournPath = journalHdr - recordFixed
+	journalHdr   = 4096 // the record page of a slot
+	journalBase  = header.Size
+	// recordFixed is the fixed part of a record's plaintext.
+	recordFixed = 16 + 8 + 8 + 4 + 8 + 32 + 2
+	// maxRecord is the largest record plaintext that, sealed and framed,
+	// fits a record page with the smallest block size.
+	maxRecord    = journalHdr - 10 - 28
+	maxJournPath = maxRecord - recordFixed
+	noCut        = ^uint64(0)
 )
 
-var journalMagic = []byte("KMSFSJ2\x00")
+var (
+	journalMagic = []byte("KMSFSJ3\x00")
+	// oldJournalMagic starts the unauthenticated records of kmsfs before
+	// the journal was sealed; they are never replayed.
+	oldJournalMagic = []byte("KMSFSJ2\x00")
+)
 
 // ErrLocked means another process holds the volume's write journal: the
 // volume is mounted read-write elsewhere on this machine.
@@ -68,71 +83,184 @@ type Journal struct {
 	slotSize int64
 	free     chan int
 	log      *log.Logger
+
+	// key is the journal key (its header): nil in a journal only
+	// replayed, and while no key could be made (the key service is down);
+	// writes are then not journaled, and every keyRetry a write tries
+	// again.
+	keyMu   sync.RWMutex
+	key     Key
+	keys    Keyer
+	lastTry time.Time
 }
 
-// record is one journal slot's header.
+// keyRetry is how often writes try again to make a journal key the key
+// service refused.
+const keyRetry = 10 * time.Second
+
+// cipher returns the journal key's cipher, making the key first if there
+// is none yet and it is time to try; nil if there is none.
+func (j *Journal) cipher() *blockcipher.Cipher {
+	j.keyMu.RLock()
+	k := j.key
+	j.keyMu.RUnlock()
+	if k != nil {
+		return k.Cipher()
+	}
+	if j.keys == nil {
+		return nil
+	}
+	j.keyMu.Lock()
+	defer j.keyMu.Unlock()
+	if j.key == nil && time.Since(j.lastTry) >= keyRetry {
+		j.lastTry = time.Now()
+		if err := j.startLocked(context.Background(), j.keys); err != nil {
+			j.log.Printf("kmsfs: %v; writes are not journaled (safe against a crash of the server) until it works", err)
+		} else {
+			j.log.Printf("kmsfs: the write journal has its key: writes are journaled again")
+		}
+	}
+	if j.key == nil {
+		return nil
+	}
+	return j.key.Cipher()
+}
+
+// record is what one journal slot describes.
 type record struct {
-	fileID [16]byte
-	ino    uint64
-	coff   int64 // where the copy goes in the file
-	length int   // length of the copy
-	cut    int64 // cut the file here after the copy, or -1
-	path   string
+	fileID   [16]byte
+	ino      uint64
+	coff     int64 // where the copy goes in the file
+	length   int   // length of the copy
+	cut      int64 // cut the file here after the copy, or -1
+	copyHash [32]byte
+	path     string
 }
 
 // errNoRecord means a slot holds no record.
 var errNoRecord = errors.New("no record")
 
-// parseRecord parses a slot header; slotData is how many bytes of copy
-// a slot holds. It returns errNoRecord for a cleared slot.
+// parseRecord parses a record's plaintext; slotData is how many bytes of
+// copy a slot holds.
 func parseRecord(b []byte, slotData int64) (record, error) {
 	var r record
-	if len(b) < recordFixed || string(b[:8]) != string(journalMagic) {
-		return r, errNoRecord
+	if len(b) < recordFixed {
+		return r, fmt.Errorf("record of %d bytes, want at least %d", len(b), recordFixed)
 	}
-	copy(r.fileID[:], b[8:24])
-	r.ino = binary.BigEndian.Uint64(b[24:32])
-	r.coff = int64(binary.BigEndian.Uint64(b[32:40]))
-	r.length = int(binary.BigEndian.Uint32(b[40:44]))
-	r.cut = int64(binary.BigEndian.Uint64(b[44:52]))
-	plen := int(binary.BigEndian.Uint16(b[52:54]))
+	copy(r.fileID[:], b[0:16])
+	r.ino = binary.BigEndian.Uint64(b[16:24])
+	r.coff = int64(binary.BigEndian.Uint64(b[24:32]))
+	r.length = int(binary.BigEndian.Uint32(b[32:36]))
+	cut := binary.BigEndian.Uint64(b[36:44])
+	copy(r.copyHash[:], b[44:76])
+	plen := int(binary.BigEndian.Uint16(b[76:78]))
+	r.cut = int64(cut)
+	if cut == noCut {
+		r.cut = -1
+	}
 	switch {
-	case plen == 0 || plen > maxJournPath || recordFixed+plen > len(b):
-		return r, fmt.Errorf("path length %d out of range", plen)
-	case int64(r.length) > slotData || r.length < 0:
+	case plen == 0 || plen > maxJournPath || recordFixed+plen != len(b):
+		return r, fmt.Errorf("path length %d does not fit a record of %d bytes", plen, len(b))
+	case int64(r.length) > slotData:
 		return r, fmt.Errorf("copy of %d bytes does not fit a slot", r.length)
 	case r.coff < 0:
 		return r, fmt.Errorf("negative offset %d", r.coff)
 	case r.cut < -1:
-		return r, fmt.Errorf("bad cut %d", r.cut)
+		return r, fmt.Errorf("bad cut %d", cut)
 	}
-	r.path = string(b[recordFixed : recordFixed+plen])
+	r.path = string(b[recordFixed:])
 	if r.path[0] == '/' || strings.Contains("/"+r.path+"/", "/../") || strings.ContainsRune(r.path, 0) {
 		return r, fmt.Errorf("path %q leaves the backing directory", r.path)
 	}
 	return r, nil
 }
 
-// marshal writes the record into b, which has room for it.
+// marshal appends the record's plaintext to b.
 func (r *record) marshal(b []byte) []byte {
-	h := b[:recordFixed+len(r.path)]
-	copy(h, journalMagic)
-	copy(h[8:24], r.fileID[:])
-	binary.BigEndian.PutUint64(h[24:32], r.ino)
-	binary.BigEndian.PutUint64(h[32:40], uint64(r.coff))
-	binary.BigEndian.PutUint32(h[40:44], uint32(r.length))
-	binary.BigEndian.PutUint64(h[44:52], uint64(r.cut))
-	binary.BigEndian.PutUint16(h[52:54], uint16(len(r.path)))
-	copy(h[recordFixed:], r.path)
-	return h
+	var fixed [recordFixed]byte
+	copy(fixed[0:16], r.fileID[:])
+	binary.BigEndian.PutUint64(fixed[16:24], r.ino)
+	binary.BigEndian.PutUint64(fixed[24:32], uint64(r.coff))
+	binary.BigEndian.PutUint32(fixed[32:36], uint32(r.length))
+	cut := noCut
+	if r.cut >= 0 {
+		cut = uint64(r.cut)
+	}
+	binary.BigEndian.PutUint64(fixed[36:44], cut)
+	copy(fixed[44:76], r.copyHash[:])
+	binary.BigEndian.PutUint16(fixed[76:78], uint16(len(r.path)))
+	return append(append(b, fixed[:]...), r.path...)
 }
 
-// OpenJournal opens (creating) the journal in the root of the backing
-// directory dir and replays whatever a crash left in it; maxData is the
-// largest ciphertext one write may produce. Problems with single records
-// are logged to logger and skipped.
-func OpenJournal(dir *backing.Dir, maxData int, logger *log.Logger) (*Journal, error) {
-	fd, err := dir.Open(JournalName, syscall.O_RDWR|syscall.O_CREAT, 0o600)
+// sealRecord frames r for slot, sealed with c, into page (journalHdr
+// bytes, returned).
+func sealRecord(c *blockcipher.Cipher, slot int, r *record, page []byte) []byte {
+	plain := r.marshal(make([]byte, 0, recordFixed+len(r.path)))
+	page = page[:journalHdr]
+	clear(page)
+	copy(page, journalMagic)
+	sealed := c.SealBlock(page[10:10], plain, uint64(slot))
+	binary.BigEndian.PutUint16(page[8:10], uint16(len(sealed)))
+	return page
+}
+
+// openRecord opens the record page of slot with c: errNoRecord for a
+// cleared page, an error for one that is not an authentic record. Only
+// what sealRecord makes is accepted: a whole page, zero after the sealed
+// record.
+func openRecord(c *blockcipher.Cipher, slot int, page []byte, slotData int64) (record, error) {
+	if len(page) < 10 || !bytes.Equal(page[:8], journalMagic) {
+		if isZero(page) {
+			return record{}, errNoRecord
+		}
+		return record{}, errors.New("not a record")
+	}
+	if len(page) != journalHdr {
+		return record{}, fmt.Errorf("record page of %d bytes, want %d", len(page), journalHdr)
+	}
+	n := int(binary.BigEndian.Uint16(page[8:10]))
+	if n > len(page)-10 || n <= blockcipher.Overhead {
+		return record{}, fmt.Errorf("sealed record of %d bytes does not fit the page", n)
+	}
+	if !isZero(page[10+n:]) {
+		return record{}, errors.New("bytes after the sealed record")
+	}
+	plain, err := c.OpenBlock(nil, page[10:10+n], uint64(slot))
+	if err != nil {
+		return record{}, fmt.Errorf("not authentic: %w", err)
+	}
+	return parseRecord(plain, slotData)
+}
+
+func isZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// slotOffset is where slot i starts in the journal file.
+func (j *Journal) slotOffset(i int) int64 { return journalBase + int64(i)*j.slotSize }
+
+// OpenJournal opens the write journal in the root of the backing
+// directory dir, replays whatever a crash left in it, and, if writable,
+// starts it anew under a new journal key from keys; maxData is the
+// largest ciphertext one write may produce. Records that are not
+// authentic or no longer apply are logged to logger and skipped. A
+// journal another process holds for writing fails with ErrLocked; a
+// journal that is not writable is replayed only if no one holds it, and
+// is not created if missing (nil, nil).
+func OpenJournal(ctx context.Context, dir *backing.Dir, maxData int, keys Keyer, writable bool, logger *log.Logger) (*Journal, error) {
+	flags := syscall.O_RDWR
+	if writable {
+		flags |= syscall.O_CREAT
+	}
+	fd, err := dir.Open(JournalName, flags, 0o600)
+	if !writable && errors.Is(err, syscall.ENOENT) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("write journal %s/%s: %w", dir.Path, JournalName, err)
 	}
@@ -146,9 +274,19 @@ func OpenJournal(dir *backing.Dir, maxData int, logger *log.Logger) (*Journal, e
 		return nil, fmt.Errorf("locking the write journal: %w", err)
 	}
 	j := &Journal{fd: fd, slotSize: int64(journalHdr + (maxData+4095)/4096*4096), free: make(chan int, journalSlots), log: logger}
-	if err := j.replay(dir); err != nil {
+	if err := j.replay(ctx, dir, keys); err != nil {
 		syscall.Close(fd)
 		return nil, err
+	}
+	if !writable {
+		return j, nil
+	}
+	j.keys = keys
+	j.lastTry = time.Now()
+	if err := j.startLocked(ctx, keys); err != nil {
+		// Not fatal: files stay readable and writable (a key list that
+		// names an unreachable key fails new files, not the mount).
+		j.log.Printf("kmsfs: %v; writes are not journaled (safe against a crash of the server) until it works", err)
 	}
 	for i := 0; i < journalSlots; i++ {
 		j.free <- i
@@ -156,28 +294,84 @@ func OpenJournal(dir *backing.Dir, maxData int, logger *log.Logger) (*Journal, e
 	return j, nil
 }
 
-// Close closes the journal file.
-func (j *Journal) Close() {
-	if j != nil {
-		syscall.Close(j.fd)
+// startLocked truncates the journal and writes a new header: a new
+// journal key for this mount's records. No slot may be in use (none is
+// while there is no key); j.keyMu is held, or j is not shared yet.
+func (j *Journal) startLocked(ctx context.Context, keys Keyer) error {
+	kctx, cancel := keyContext(ctx)
+	defer cancel()
+	hdr, k, err := keys.New(kctx)
+	if err != nil {
+		return fmt.Errorf("write journal: a key for its records: %w", err)
 	}
+	if err := syscall.Ftruncate(j.fd, 0); err != nil {
+		k.Close()
+		return fmt.Errorf("write journal: %w", err)
+	}
+	if err := pwriteFull(j.fd, hdr, 0); err != nil {
+		k.Close()
+		return fmt.Errorf("write journal: %w", err)
+	}
+	j.key = k
+	return nil
 }
 
-// replay redoes the writes of every slot that holds a record.
-func (j *Journal) replay(dir *backing.Dir) error {
-	hdr := make([]byte, journalHdr)
+// Close wipes the journal key and closes the journal file.
+func (j *Journal) Close() {
+	if j == nil {
+		return
+	}
+	j.keyMu.Lock()
+	if j.key != nil {
+		j.key.Close()
+		j.key = nil
+	}
+	j.keyMu.Unlock()
+	syscall.Close(j.fd)
+}
+
+// replay redoes the writes of every slot that holds an authentic record,
+// and clears every slot.
+func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(j.fd, &st); err != nil {
+		return fmt.Errorf("write journal: %w", err)
+	}
+	if st.Size == 0 {
+		return nil
+	}
+	head := make([]byte, len(oldJournalMagic))
+	if n, _ := preadAll(j.fd, head, 0); n == len(head) && bytes.Equal(head, oldJournalMagic) {
+		j.log.Printf("kmsfs: the write journal is of an older kmsfs; its records cannot be authenticated and are not replayed")
+		return nil
+	}
+	if !j.anyRecord() {
+		return nil // a clean journal: nothing to replay, no key needed
+	}
+	k, err := keys.Load(context.WithoutCancel(ctx), j.fd, func() string { return JournalName })
+	if err != nil || k == nil {
+		if err == nil {
+			err = errors.New("no header")
+		}
+		j.log.Printf("kmsfs: the write journal's key cannot be loaded (%v); its records are not replayed", err)
+		return nil
+	}
+	defer k.Close()
+	c := k.Cipher()
+	page := make([]byte, journalHdr)
 	for i := 0; i < journalSlots; i++ {
-		off := int64(i) * j.slotSize
-		n, err := syscall.Pread(j.fd, hdr, off)
+		off := j.slotOffset(i)
+		n, err := preadAll(j.fd, page, off)
 		if err != nil {
 			return fmt.Errorf("reading write journal: %w", err)
 		}
-		r, err := parseRecord(hdr[:n], j.slotSize-journalHdr)
+		r, err := openRecord(c, i, page[:n], j.slotSize-journalHdr)
 		switch {
 		case err == errNoRecord:
-			continue
+			// The copy area may still hold a copy whose record was never
+			// written.
 		case err != nil:
-			j.log.Printf("kmsfs: write journal slot %d is damaged (%v); skipped", i, err)
+			j.log.Printf("kmsfs: write journal slot %d: %v; skipped", i, err)
 		default:
 			if err := j.redo(dir, &r, off+journalHdr); err != nil {
 				j.log.Printf("kmsfs: write journal slot %d (%s): not replayed: %v", i, r.path, err)
@@ -185,9 +379,64 @@ func (j *Journal) replay(dir *backing.Dir) error {
 				j.log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d)", r.path, r.length, r.coff)
 			}
 		}
-		if err := pwriteFull(j.fd, make([]byte, 8), off); err != nil {
-			return fmt.Errorf("clearing write journal: %w", err)
+		if err != errNoRecord {
+			if err := j.clear(i); err != nil {
+				return err
+			}
 		}
+		if err := j.clearCopy(i, min(j.slotSize, st.Size-off)-journalHdr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// anyRecord reports whether a slot's record page is not all zeros (or
+// cannot be read).
+func (j *Journal) anyRecord() bool {
+	page := make([]byte, journalHdr)
+	for i := 0; i < journalSlots; i++ {
+		n, err := preadAll(j.fd, page, j.slotOffset(i))
+		if err != nil || !isZero(page[:n]) {
+			return true
+		}
+	}
+	return false
+}
+
+// clear zeroes the record page of slot i (clearCopy clears its copy
+// area).
+func (j *Journal) clear(i int) error {
+	off := j.slotOffset(i)
+	zero := getBuf(journalHdr)
+	defer putBuf(zero)
+	clear(*zero)
+	if err := pwriteFull(j.fd, *zero, off); err != nil {
+		return fmt.Errorf("clearing write journal: %w", err)
+	}
+	return nil
+}
+
+// clearCopy drops the first n bytes of slot i's copy area: deallocated
+// where the file system can, overwritten with zeros otherwise.
+func (j *Journal) clearCopy(i int, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	off := j.slotOffset(i) + journalHdr
+	n = (n + 4095) &^ 4095
+	err := unix.Fallocate(j.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("clearing write journal: %w", err)
+	}
+	zero := getBuf(int(n))
+	defer putBuf(zero)
+	clear(*zero)
+	if err := pwriteFull(j.fd, *zero, off); err != nil {
+		return fmt.Errorf("clearing write journal: %w", err)
 	}
 	return nil
 }
@@ -195,6 +444,13 @@ func (j *Journal) replay(dir *backing.Dir) error {
 // redo does the write of record r again; its copy is at dataOff of the
 // journal.
 func (j *Journal) redo(dir *backing.Dir, r *record, dataOff int64) error {
+	data := make([]byte, r.length)
+	if err := preadFull(j.fd, data, dataOff); err != nil {
+		return fmt.Errorf("reading the journal: %w", err)
+	}
+	if sha256.Sum256(data) != r.copyHash {
+		return errors.New("its copy does not match the record")
+	}
 	fd, err := dir.Open(r.path, syscall.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -214,10 +470,6 @@ func (j *Journal) redo(dir *backing.Dir, r *record, dataOff int64) error {
 	p, err := header.ParsePreamble(pre)
 	if err != nil || p.FileID != r.fileID {
 		return errors.New("the file has another file ID")
-	}
-	data := make([]byte, r.length)
-	if err := preadFull(j.fd, data, dataOff); err != nil {
-		return fmt.Errorf("reading the journal: %w", err)
 	}
 	if err := pwriteFull(fd, data, r.coff); err != nil {
 		return err
@@ -268,7 +520,11 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 	if j != nil {
 		rel = f.name()
 	}
-	if j == nil || rel == "" || len(rel) > maxJournPath || int64(len(data)) > j.slotSize-journalHdr || f.key == nil {
+	var jc *blockcipher.Cipher
+	if j != nil && rel != "" && len(rel) <= maxJournPath && int64(len(data)) <= j.slotSize-journalHdr && f.key != nil {
+		jc = j.cipher()
+	}
+	if jc == nil {
 		if end {
 			if err := syscall.Ftruncate(fd, off+int64(len(data))); err != nil {
 				return err
@@ -291,17 +547,20 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 	}
 	slot := <-j.free
 	defer func() { j.free <- slot }()
-	base := int64(slot) * j.slotSize
+	base := j.slotOffset(slot)
+	r := record{fileID: f.key.FileID(), ino: st.Ino, coff: off, length: int(copyLen), cut: cut, path: rel}
 	if copyLen > 0 {
 		ct.wait()
 		if err := pwriteFull(j.fd, data[:copyLen], base+journalHdr); err != nil {
+			j.clearCopy(slot, copyLen)
 			return fmt.Errorf("write journal: %w", err)
 		}
 	}
+	r.copyHash = sha256.Sum256(data[:copyLen])
 	hb := getBuf(journalHdr)
 	defer putBuf(hb)
-	r := record{fileID: f.key.FileID(), ino: st.Ino, coff: off, length: int(copyLen), cut: cut, path: rel}
-	if err := pwriteFull(j.fd, r.marshal(*hb), base); err != nil {
+	if err := pwriteFull(j.fd, sealRecord(jc, slot, &r, *hb), base); err != nil {
+		j.clearCopy(slot, copyLen)
 		return fmt.Errorf("write journal: %w", err)
 	}
 	var err error
@@ -324,10 +583,14 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 			return fmt.Errorf("%w (left in the write journal for the next mount: %v)", err, rerr)
 		}
 	}
-	// Clear the record: the write is done, or failed without touching
-	// what existed.
-	if cerr := pwriteFull(j.fd, make([]byte, 8), base); cerr != nil && err == nil {
-		err = fmt.Errorf("write journal: %w", cerr)
+	// Clear the slot: the write is done, or failed without touching what
+	// existed. The record page first: a copy area cleared under a live
+	// record would fail the replay's hash check, not write zeros.
+	if cerr := j.clear(slot); cerr != nil && err == nil {
+		err = cerr
+	}
+	if cerr := j.clearCopy(slot, copyLen); cerr != nil && err == nil {
+		err = cerr
 	}
 	return err
 }

@@ -2,6 +2,11 @@ package cryptfile
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -25,11 +30,22 @@ func journalMaxData(l blockcipher.Layout) int {
 	return (MaxRequest/l.BlockSize + 2) * l.CipherBlockSize()
 }
 
-// openTestJournal opens the journal of the backing directory dir, which
-// logs to logger (nowhere if nil), and closes it at the end of the test.
+// journalSecret is the secret of the keyers of test journals: a journal
+// opened again (a mount after a crash) with a keyer of the same secret
+// loads the header the previous one wrote.
+const journalSecret = 0x4a
+
+// newJournalKeyer returns a keyer for test journals.
+func newJournalKeyer(t testing.TB) *fakeKeyer {
+	return newFakeKeyer(t, layout(4096), journalSecret)
+}
+
+// openTestJournal opens the journal of the backing directory dir for
+// writing, as a read-write mount would, logging to logger (nowhere if
+// nil); it is closed at the end of the test.
 func openTestJournal(t testing.TB, dir string, maxData int, logger *log.Logger) *Journal {
 	t.Helper()
-	j, err := openJournalErr(t, dir, maxData, logger)
+	j, err := openJournalErr(t, dir, maxData, newJournalKeyer(t), true, logger)
 	if err != nil {
 		t.Fatalf("OpenJournal(%s) = %v, want nil", dir, err)
 	}
@@ -38,10 +54,14 @@ func openTestJournal(t testing.TB, dir string, maxData int, logger *log.Logger) 
 
 // openJournals are the journals the tests hold, by directory: opening a
 // directory's journal again, as a mount after a crash would, first closes
-// (unlocks) the previous one, as the crash would have.
+// (unlocks) the previous one, as the crash would have. Every directory is
+// a test's own, so a second run of the tests starts afresh.
 var openJournals sync.Map
 
-func openJournalErr(t testing.TB, dir string, maxData int, logger *log.Logger) (*Journal, error) {
+// openJournalErr opens the journal of dir with keys, as a mount would
+// (read-write if writable); logger nil logs nowhere.
+func openJournalErr(t testing.TB, dir string, maxData int, keys Keyer, writable bool, logger *log.Logger) (*Journal, error) {
+	t.Helper()
 	if old, ok := openJournals.LoadAndDelete(dir); ok {
 		old.(*Journal).Close()
 	}
@@ -53,8 +73,8 @@ func openJournalErr(t testing.TB, dir string, maxData int, logger *log.Logger) (
 	if logger == nil {
 		logger = log.New(io.Discard, "", 0)
 	}
-	j, err := OpenJournal(bd, maxData, logger)
-	if err == nil {
+	j, err := OpenJournal(ctx, bd, maxData, keys, writable, logger)
+	if err == nil && j != nil {
 		openJournals.Store(dir, j)
 		t.Cleanup(func() {
 			if openJournals.CompareAndDelete(dir, j) {
@@ -75,46 +95,128 @@ func journalBytes(t testing.TB, dir string) []byte {
 	return b
 }
 
-// slotHeader returns the header bytes of slot i of a journal file (or
-// what of them there is).
-func slotHeader(jb []byte, slotSize int64, i int) []byte {
-	off := int64(i) * slotSize
-	if off >= int64(len(jb)) {
-		return nil
-	}
-	return jb[off:min(off+journalHdr, int64(len(jb)))]
+// slotPage returns the record page of slot i of the journal file jb (what
+// of it there is).
+func slotPage(jb []byte, slotSize int64, i int) []byte {
+	off := journalBase + int64(i)*slotSize
+	return jb[min(off, int64(len(jb))):min(off+journalHdr, int64(len(jb)))]
 }
 
-// checkSlotsClear fails the test if a slot of the journal in dir holds
-// a record.
-func checkSlotsClear(t testing.TB, dir string, slotSize int64) {
+// liveSlots returns the slots of the journal file jb whose record page is
+// not zero.
+func liveSlots(jb []byte, slotSize int64) []int {
+	var live []int
+	for i := 0; i < journalSlots; i++ {
+		if !isZero(slotPage(jb, slotSize, i)) {
+			live = append(live, i)
+		}
+	}
+	return live
+}
+
+// checkJournalClear fails the test unless the journal file of dir is its
+// header followed by zero bytes only (every slot's record page and copy
+// area, deallocated or overwritten, read as zeros) and holds none of
+// secrets in clear.
+func checkJournalClear(t testing.TB, dir string, slotSize int64, secrets ...string) {
 	t.Helper()
 	jb := journalBytes(t, dir)
-	for i := 0; i < journalSlots; i++ {
-		if _, err := parseRecord(slotHeader(jb, slotSize, i), slotSize-journalHdr); err != errNoRecord {
-			t.Fatalf("journal slot %d after the write: parseRecord = %v, want errNoRecord", i, err)
+	if len(jb) < journalBase {
+		t.Fatalf("journal file of %d bytes, want a header of %d bytes", len(jb), journalBase)
+	}
+	if _, err := header.Parse(jb[:journalBase]); err != nil {
+		t.Fatalf("journal header: header.Parse = %v, want nil", err)
+	}
+	if i := firstNonZero(jb[journalBase:]); i >= 0 {
+		slot, at := int64(i)/slotSize, int64(i)%slotSize
+		part := "record page"
+		if at >= journalHdr {
+			part = "copy area"
+		}
+		t.Fatalf("journal byte %d (slot %d, %s byte %d) is not zero, want every slot zero", journalBase+i, slot, part, at)
+	}
+	for _, s := range secrets {
+		if bytes.Contains(jb, []byte(s)) {
+			t.Fatalf("the journal file holds %q in clear", s)
 		}
 	}
 }
 
-// writeSlot writes record r, and its copy if any, into slot i of the
-// journal file of dir.
-func writeSlot(t testing.TB, dir string, slotSize int64, i int, r *record, data []byte) {
+// zeros is compared with, a chunk at a time, to find non-zero bytes in
+// journal files of several MiB fast (a loop over the bytes is slow with
+// -race).
+var zeros [64 << 10]byte
+
+// firstNonZero returns the index of the first byte of b that is not zero,
+// or -1.
+func firstNonZero(b []byte) int {
+	for off := 0; off < len(b); off += len(zeros) {
+		chunk := b[off:min(off+len(zeros), len(b))]
+		if bytes.Equal(chunk, zeros[:len(chunk)]) {
+			continue
+		}
+		for i, x := range chunk {
+			if x != 0 {
+				return off + i
+			}
+		}
+	}
+	return -1
+}
+
+// writeJournalAt writes b at off of the journal file of dir.
+func writeJournalAt(t testing.TB, dir string, b []byte, off int64) {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(dir, JournalName), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, JournalName), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	buf := make([]byte, journalHdr)
-	if _, err := f.WriteAt(r.marshal(buf), int64(i)*slotSize); err != nil {
+	if _, err := f.WriteAt(b, off); err != nil {
 		t.Fatal(err)
 	}
-	if data != nil {
-		if _, err := f.WriteAt(data, int64(i)*slotSize+journalHdr); err != nil {
-			t.Fatal(err)
-		}
+}
+
+// writeSlot seals r with the key of the journal j, as j would for slot i,
+// and writes it, with data as its copy (if not nil), into slot i of the
+// journal file of dir. The record's copy hash is that of the first
+// r.length bytes of data, if there are as many.
+func writeSlot(t testing.TB, dir string, j *Journal, i int, r record, data []byte) {
+	t.Helper()
+	if len(data) >= r.length {
+		r.copyHash = sha256.Sum256(data[:r.length])
 	}
+	writeJournalAt(t, dir, sealRecord(j.key.Cipher(), i, &r, make([]byte, journalHdr)), j.slotOffset(i))
+	if data != nil {
+		writeJournalAt(t, dir, data, j.slotOffset(i)+journalHdr)
+	}
+}
+
+// framePage makes a record page of any plaintext as docs/FORMAT.md
+// describes it, sealed with c for slot: "KMSFSJ3\0" | u16 n | sealed |
+// zeros.
+func framePage(c *blockcipher.Cipher, slot int, plain []byte) []byte {
+	page := make([]byte, journalHdr)
+	copy(page, "KMSFSJ3\x00")
+	sealed := c.SealBlock(nil, plain, uint64(slot))
+	binary.BigEndian.PutUint16(page[8:10], uint16(len(sealed)))
+	copy(page[10:], sealed)
+	return page
+}
+
+// oldJournal returns a journal file of kmsfs before the journal was
+// sealed: r in clear in slot 0 of slotSize bytes, its copy data after it.
+func oldJournal(r record, data []byte) []byte {
+	b := []byte("KMSFSJ2\x00")
+	b = append(b, r.fileID[:]...)
+	b = binary.BigEndian.AppendUint64(b, r.ino)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.coff))
+	b = binary.BigEndian.AppendUint32(b, uint32(r.length))
+	b = binary.BigEndian.AppendUint64(b, uint64(r.cut))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.path)))
+	b = append(b, r.path...)
+	b = append(b, make([]byte, journalHdr-len(b))...)
+	return append(b, data...)
 }
 
 // inode returns the inode number of path, not following a symlink.
@@ -137,9 +239,159 @@ func fileID(t testing.TB, backingFile []byte) [16]byte {
 	return p.FileID
 }
 
-// TestJournalWrites writes through a journal and checks, after every
-// step, that no record is left and that the records the step wrote
-// describe it: the right file, and a copy of the bytes it wrote.
+// journalWrite is one record the journal wrote, and the copy it wrote
+// before it.
+type journalWrite struct {
+	slot int
+	page []byte
+	rec  record
+	copy []byte
+}
+
+// recordJournal makes the journal j write into a file opened with
+// O_APPEND instead of its own, until the returned function is called: on
+// Linux, pwrite to such a file appends whatever the offset, so the file
+// keeps every write of the journal, in order (the holes it punches fall
+// in a prefix as large as the journal). The function puts j's own file
+// back, checks that every record was written right after its copy and
+// cleared right after, and returns the records. The journal is used by
+// one writer at a time meanwhile.
+func recordJournal(t *testing.T, j *Journal) func() []journalWrite {
+	t.Helper()
+	name := filepath.Join(t.TempDir(), "journal.log")
+	fd, err := syscall.Open(name, syscall.O_RDWR|syscall.O_CREAT|syscall.O_APPEND|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := j.slotOffset(journalSlots)
+	if err := syscall.Ftruncate(fd, prefix); err != nil {
+		t.Fatal(err)
+	}
+	own := j.fd
+	j.fd = fd
+	stop := func() {
+		if j.fd == fd {
+			j.fd = own
+			syscall.Close(fd)
+		}
+	}
+	t.Cleanup(stop)
+	return func() []journalWrite {
+		t.Helper()
+		stop()
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseJournalLog(t, j, b[prefix:])
+	}
+}
+
+// parseJournalLog splits what the journal j appended (see recordJournal)
+// into records: each is its copy, its record page, then the page cleared
+// and, where holes cannot be punched, its copy area overwritten.
+func parseJournalLog(t *testing.T, j *Journal, b []byte) []journalWrite {
+	t.Helper()
+	c := j.key.Cipher()
+	var ws []journalWrite
+	for pos := 0; pos < len(b); {
+		w, at := journalWrite{slot: -1}, pos
+		for w.slot < 0 {
+			i := bytes.Index(b[at:], journalMagic)
+			if i < 0 || at+i+journalHdr > len(b) {
+				t.Fatalf("journal log: %d bytes at %d without a record after them", len(b)-pos, pos)
+			}
+			at += i
+			for s := 0; s < journalSlots && w.slot < 0; s++ {
+				if r, err := openRecord(c, s, b[at:at+journalHdr], j.slotSize-journalHdr); err == nil {
+					w.slot, w.rec, w.page = s, r, b[at:at+journalHdr]
+				}
+			}
+			if w.slot < 0 {
+				at++
+			}
+		}
+		w.copy = b[pos:at]
+		if len(w.copy) != w.rec.length {
+			t.Fatalf("journal log: %d bytes written before the record of slot %d, want its copy of %d", len(w.copy), w.slot, w.rec.length)
+		}
+		end := at + journalHdr
+		if end+journalHdr > len(b) || !isZero(b[end:end+journalHdr]) {
+			t.Fatalf("journal log: the record of slot %d is not cleared right after the write", w.slot)
+		}
+		end += journalHdr
+		if n := (w.rec.length + 4095) &^ 4095; n > 0 && end+n <= len(b) && isZero(b[end:end+n]) {
+			end += n // the copy area overwritten with zeros
+		}
+		ws = append(ws, w)
+		pos = end
+	}
+	return ws
+}
+
+// TestSealRecordFormat checks a sealed record against docs/FORMAT.md,
+// with AES-GCM used directly: the page's framing, the associated data
+// (file ID, slot index) and the plaintext's byte layout.
+func TestSealRecordFormat(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	id := [16]byte{0xf1, 0xf2, 15: 0xff}
+	c, err := blockcipher.New(key, id, layout(4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		r     record
+		plain string // hex of the plaintext, spaces ignored
+	}{
+		{"with a cut", record{fileID: [16]byte{1, 2, 15: 16}, ino: 0x0102030405060708, coff: 4096 + 4124, length: 4124, cut: 0x1234, copyHash: [32]byte{0xaa, 31: 0xbb}, path: "d/f"},
+			"01020000000000000000000000000010 0102030405060708 000000000000201c 0000101c 0000000000001234" +
+				"aa000000000000000000000000000000000000000000000000000000000000bb 0003 642f66"},
+		{"no cut", record{ino: 1, length: 0, cut: -1, path: "x"},
+			"00000000000000000000000000000000 0000000000000001 0000000000000000 00000000 ffffffffffffffff" +
+				"0000000000000000000000000000000000000000000000000000000000000000 0001 78"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, err := hex.DecodeString(strings.ReplaceAll(tc.plain, " ", ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tc.r.marshal(nil); !bytes.Equal(got, want) {
+				t.Fatalf("marshal = %x, want %x", got, want)
+			}
+			for _, slot := range []int{0, 5} {
+				page := sealRecord(c, slot, &tc.r, make([]byte, journalHdr))
+				n := int(binary.BigEndian.Uint16(page[8:10]))
+				if len(page) != journalHdr || string(page[:8]) != "KMSFSJ3\x00" || n != len(want)+blockcipher.Overhead || !isZero(page[10+n:]) {
+					t.Fatalf("slot %d: page of %d bytes, magic %q, n = %d; want %d bytes, KMSFSJ3, n = %d, zeros after", slot, len(page), page[:8], n, journalHdr, len(want)+blockcipher.Overhead)
+				}
+				ad := binary.BigEndian.AppendUint64(id[:], uint64(slot))
+				sealed := page[10 : 10+n]
+				plain, err := aead.Open(nil, sealed[:blockcipher.NonceSize], sealed[blockcipher.NonceSize:], ad)
+				if err != nil || !bytes.Equal(plain, want) {
+					t.Fatalf("slot %d: AES-GCM open = %x, %v; want %x, nil", slot, plain, err, want)
+				}
+				got, err := openRecord(c, slot, page, 1<<20)
+				if err != nil || got != tc.r {
+					t.Fatalf("openRecord(slot %d) = %+v, %v; want %+v, nil", slot, got, err, tc.r)
+				}
+			}
+		})
+	}
+}
+
+// TestJournalWrites writes through a journal and checks every record
+// each step wrote: sealed for its slot, written right after its copy and
+// cleared right after the write, and describing the write: the right
+// file, a copy of the bytes it wrote and its hash, a cut that keeps them.
 func TestJournalWrites(t *testing.T) {
 	for _, bs := range []int{4096, 65536} {
 		t.Run(fmt.Sprintf("B=%d", bs), func(t *testing.T) {
@@ -151,62 +403,94 @@ func TestJournalWrites(t *testing.T) {
 			h := e.open()
 			var m model
 			r := rand.New(rand.NewPCG(20, uint64(bs)))
-			jb := journalBytes(t, dir)
 			for _, o := range []op{
 				wr(0, 100), wr(50, 100), wr(0, 3*B+10), wr(B-5, 10), wr(B, B),
 				wr(3*B+10, 5), wr(5*B, 7), tr(6*B + 3), tr(2*B + 9), tr(B), wr(0, 300<<10), wr(7, 300<<10),
 				wr(int64(MaxRequest), MaxRequest), wr(10, MaxRequest), tr(0),
 			} {
+				stop := recordJournal(t, j)
 				e.apply(h, &m, o, r)
+				ws := stop()
 				e.check(h, m)
-				checkSlotsClear(t, dir, j.slotSize)
-				after := journalBytes(t, dir)
+				if o.kind == opWrite && len(ws) == 0 {
+					t.Fatalf("%v wrote no record", o)
+				}
 				b := e.backing()
-				for i := 0; i < journalSlots; i++ {
-					hdr := slotHeader(after, j.slotSize, i)
-					if bytes.Equal(hdr, slotHeader(jb, j.slotSize, i)) {
-						continue
-					}
-					rec, err := parseRecord(append(bytes.Clone(journalMagic), hdr[len(journalMagic):]...), j.slotSize-journalHdr)
-					if err != nil {
-						t.Fatalf("%v: slot %d: parseRecord(restored) = %v, want nil", o, i, err)
-					}
+				for _, w := range ws {
+					rec := w.rec
 					if rec.path != e.name || rec.ino != inode(t, e.path) || rec.fileID != fileID(t, b) {
-						t.Errorf("%v: slot %d record = %q, inode %d, file ID %x; want %q, %d, %x", o, i, rec.path, rec.ino, rec.fileID, e.name, inode(t, e.path), fileID(t, b))
+						t.Errorf("%v: slot %d record = %q, inode %d, file ID %x; want %q, %d, %x", o, w.slot, rec.path, rec.ino, rec.fileID, e.name, inode(t, e.path), fileID(t, b))
 					}
-					if rec.length > 0 {
-						copyOff := int64(i)*j.slotSize + journalHdr
-						if end := rec.coff + int64(rec.length); end > int64(len(b)) || !bytes.Equal(after[copyOff:copyOff+int64(rec.length)], b[rec.coff:end]) {
-							t.Errorf("%v: slot %d: copy of %d bytes at %d is not what the file holds", o, i, rec.length, rec.coff)
-						}
+					if bytes.Contains(w.page, []byte(e.name)) {
+						t.Errorf("%v: slot %d: the record page holds the path in clear", o, w.slot)
+					}
+					if sha256.Sum256(w.copy) != rec.copyHash {
+						t.Errorf("%v: slot %d: the record's hash is not that of its copy", o, w.slot)
+					}
+					if end := rec.coff + int64(rec.length); end > int64(len(b)) || !bytes.Equal(w.copy, b[rec.coff:end]) {
+						t.Errorf("%v: slot %d: copy of %d bytes at %d is not what the file holds", o, w.slot, rec.length, rec.coff)
 					}
 					if rec.cut > int64(len(b)) || rec.cut >= 0 && rec.cut < rec.coff+int64(rec.length) {
-						t.Errorf("%v: slot %d: cut at %d (copy %d bytes at %d, file %d bytes)", o, i, rec.cut, rec.length, rec.coff, len(b))
+						t.Errorf("%v: slot %d: cut at %d (copy %d bytes at %d, file %d bytes)", o, w.slot, rec.cut, rec.length, rec.coff, len(b))
 					}
 				}
-				jb = after
 			}
 		})
 	}
 }
 
+// TestJournalCleared writes, overwrites, appends and truncates through a
+// journal and checks after each step that the journal file holds its
+// header and zeros only: no file name and no ciphertext is left in it.
+func TestJournalCleared(t *testing.T) {
+	const B = 4096
+	dir := t.TempDir()
+	l := layout(B)
+	j := openTestJournal(t, dir, journalMaxData(l), nil)
+	const name = "private/tax return 2025.pdf"
+	e := newEnvIn(t, dir, name, B, j)
+	h := e.open()
+	var m model
+	r := rand.New(rand.NewPCG(25, 0))
+	for _, o := range []op{
+		wr(0, 100), wr(50, 100), wr(0, 3*B+10), wr(B-5, 10), wr(3*B+10, 5), wr(5*B, 7),
+		tr(6*B + 3), tr(2*B + 9), wr(0, 300<<10), wr(7, 300<<10), wr(int64(MaxRequest), MaxRequest),
+		tr(B + 1), wr(B, 2*B), tr(0),
+	} {
+		e.apply(h, &m, o, r)
+		e.check(h, m)
+		checkJournalClear(t, dir, j.slotSize, name, "tax return")
+	}
+	if jb := journalBytes(t, dir); len(jb) <= journalBase+journalHdr {
+		t.Fatalf("journal file of %d bytes: the writes used no slot", len(jb))
+	}
+}
+
 // TestJournalNoRecord checks the writes that go without a record: a
 // file with no name, a name too long for a slot, a write larger than a
-// slot.
+// slot, and a journal only replayed (of a read-only mount).
 func TestJournalNoRecord(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		rel     string
-		maxData int
-		ops     []op
+		name     string
+		rel      string
+		maxData  int
+		readOnly bool
+		ops      []op
 	}{
-		{"no name", "", journalMaxData(layout(4096)), []op{wr(0, 100), wr(1, 100), tr(50)}},
-		{"name too long", strings.Repeat("x", maxJournPath+1), journalMaxData(layout(4096)), []op{wr(0, 100), wr(1, 100), tr(50)}},
-		{"write larger than a slot", "f", 4124, []op{wr(0, 3*4096), wr(1, 3*4096)}},
+		{"no name", "", journalMaxData(layout(4096)), false, []op{wr(0, 100), wr(1, 100), tr(50)}},
+		{"name too long", strings.Repeat("x", maxJournPath+1), journalMaxData(layout(4096)), false, []op{wr(0, 100), wr(1, 100), tr(50)}},
+		{"write larger than a slot", "f", 4124, false, []op{wr(0, 3*4096), wr(1, 3*4096)}},
+		{"journal only replayed", "f", journalMaxData(layout(4096)), true, []op{wr(0, 100), wr(1, 100), tr(50)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			j := openTestJournal(t, dir, tc.maxData, nil)
+			if tc.readOnly {
+				var err error
+				if j, err = openJournalErr(t, dir, tc.maxData, newJournalKeyer(t), false, nil); err != nil || j == nil {
+					t.Fatalf("OpenJournal(read-only) = %v, %v; want a journal, nil", j, err)
+				}
+			}
 			e := newEnvIn(t, dir, "f", 4096, j)
 			e.f = New(e.cfg, func() string { return tc.rel })
 			h := e.open()
@@ -216,8 +500,8 @@ func TestJournalNoRecord(t *testing.T) {
 				e.apply(h, &m, o, r)
 				e.check(h, m)
 			}
-			if jb := journalBytes(t, dir); len(jb) != 0 {
-				t.Errorf("journal file = %d bytes, want 0", len(jb))
+			if jb := journalBytes(t, dir); len(jb) != journalBase {
+				t.Errorf("journal file = %d bytes, want %d (its header)", len(jb), journalBase)
 			}
 		})
 	}
@@ -232,11 +516,11 @@ type tornCase struct {
 }
 
 // TestJournalReplayTorn interrupts writes of the engine: it makes each
-// write, then puts back the record its slot held and tears the backing
-// file between its old and new bytes, as a kill -9 in the middle of the
-// pwrite would. Reopening the journal must give a file whose blocks all
-// read: the new bytes where the copy reaches, the file cut where the
-// record says.
+// write, then puts back the record and copy its slot held and tears the
+// backing file between its old and new bytes, as a kill -9 in the middle
+// of the pwrite would. Reopening the journal must give a file whose
+// blocks all read: the new bytes where the copy reaches, the file cut
+// where the record says; and a journal that holds nothing.
 func TestJournalReplayTorn(t *testing.T) {
 	const B = 4096
 	for _, tc := range []tornCase{
@@ -250,7 +534,6 @@ func TestJournalReplayTorn(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			l := layout(B)
-			var logBuf bytes.Buffer
 			j := openTestJournal(t, dir, journalMaxData(l), nil)
 			e := newEnvIn(t, dir, "f", B, j)
 			h := e.open()
@@ -259,27 +542,22 @@ func TestJournalReplayTorn(t *testing.T) {
 			for _, o := range tc.before {
 				e.apply(h, &m, o, r)
 			}
-			old, jOld := e.backing(), journalBytes(t, dir)
+			old := e.backing()
+			stop := recordJournal(t, j)
 			for _, o := range tc.op {
 				e.apply(h, &m, o, r)
 			}
+			ws := stop()
 			h.Close()
-			newB, jNew := e.backing(), journalBytes(t, dir)
-			// The slot of the op (the last one it used).
-			slot := -1
-			for i := 0; i < journalSlots; i++ {
-				if !bytes.Equal(slotHeader(jNew, j.slotSize, i), slotHeader(jOld, j.slotSize, i)) {
-					slot = i
-				}
+			newB := e.backing()
+			if len(ws) == 0 {
+				t.Fatal("the write left no record")
 			}
-			if slot < 0 {
-				t.Fatal("the write left no trace in the journal")
-			}
-			hdr := slotHeader(jNew, j.slotSize, slot)
-			rec, err := parseRecord(append(bytes.Clone(journalMagic), hdr[len(journalMagic):]...), j.slotSize-journalHdr)
-			if err != nil {
-				t.Fatal(err)
-			}
+			// The record of the op (its last one), back in its slot.
+			w := ws[len(ws)-1]
+			rec := w.rec
+			writeJournalAt(t, dir, w.page, j.slotOffset(w.slot))
+			writeJournalAt(t, dir, w.copy, j.slotOffset(w.slot)+journalHdr)
 			// Tear: the new bytes up to the middle of the copy, the old
 			// ones after it, then garbage up to the new end.
 			mid := rec.coff + int64(rec.length)/2
@@ -296,12 +574,12 @@ func TestJournalReplayTorn(t *testing.T) {
 			if err := os.WriteFile(e.path, torn, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			writeSlot(t, dir, j.slotSize, slot, &rec, nil)
-			openTestJournal(t, dir, journalMaxData(l), log.New(&logBuf, "", 0))
+			var logBuf bytes.Buffer
+			j2 := openTestJournal(t, dir, journalMaxData(l), log.New(&logBuf, "", 0))
 			if !strings.Contains(logBuf.String(), "completed an interrupted write to f") {
 				t.Errorf("replay log = %q, want a completed write", logBuf.String())
 			}
-			checkSlotsClear(t, dir, j.slotSize)
+			checkJournalClear(t, dir, j2.slotSize)
 			// The replayed file: the new bytes, cut where the record says.
 			want := newB
 			if rec.cut >= 0 {
@@ -349,23 +627,23 @@ func TestJournalReplayRecord(t *testing.T) {
 			newBlock := randBytes(r, B)
 			ct := c.SealBlock(nil, newBlock, 1)
 			rec := record{fileID: id, ino: inode(t, e.path), coff: l.BlockCipherOff(1), length: len(ct), cut: -1, path: e.name}
-			writeSlot(t, dir, j.slotSize, 3, &rec, ct)
+			writeSlot(t, dir, j, 3, rec, ct)
 			garbled := bytes.Clone(b)
 			copy(garbled[l.BlockCipherOff(1)+10:], randBytes(r, B/2))
 			// Slot 6: an append of blocks 3 and 4 that got no further
 			// than some garbage: nothing to copy, cut at the old end.
 			garbled = append(garbled, randBytes(r, B+55)...)
 			rec2 := record{fileID: id, ino: rec.ino, coff: int64(len(b)), length: 0, cut: int64(len(b)), path: e.name}
-			writeSlot(t, dir, j.slotSize, 6, &rec2, nil)
+			writeSlot(t, dir, j, 6, rec2, nil)
 			if err := os.WriteFile(e.path, garbled, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			var logBuf bytes.Buffer
-			openTestJournal(t, dir, journalMaxData(l), log.New(&logBuf, "", 0))
+			j2 := openTestJournal(t, dir, journalMaxData(l), log.New(&logBuf, "", 0))
 			if got := strings.Count(logBuf.String(), "completed an interrupted write to a/b"); got != 2 {
 				t.Errorf("replay log = %q, want 2 completed writes", logBuf.String())
 			}
-			checkSlotsClear(t, dir, j.slotSize)
+			checkJournalClear(t, dir, j2.slotSize, e.name)
 			m.write(newBlock, B)
 			e.check(e.open(), m)
 		})
@@ -374,13 +652,17 @@ func TestJournalReplayRecord(t *testing.T) {
 
 // TestJournalReplaySkips checks that replay leaves alone, and logs,
 // every record that does not describe a write to a regular file of the
-// backing directory as it is: another file in its place, a path leading
-// out or through a symlink, a damaged record.
+// backing directory as it is (another file in its place, a path leading
+// out or through a symlink), every record page that is not one (damaged,
+// of another format), every record that is not authentic (sealed under
+// another key or for another slot, altered) and every record whose copy
+// was altered; and that nothing outside the backing directory changes.
 func TestJournalReplaySkips(t *testing.T) {
 	const B = 4096
 	l := layout(B)
+	maxData := journalMaxData(l)
 	dir, outside := t.TempDir(), t.TempDir()
-	j := openTestJournal(t, dir, journalMaxData(l), nil)
+	j := openTestJournal(t, dir, maxData, nil)
 
 	// Kmsfs files inside and outside the backing directory.
 	mk := func(d, name string) (*env, record) {
@@ -410,76 +692,129 @@ func TestJournalReplaySkips(t *testing.T) {
 	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	with := func(r record, f func(*record)) *record { f(&r); return &r }
+	with := func(r record, f func(*record)) record { f(&r); return r }
 	garbage := bytes.Repeat([]byte{0xEE}, 100)
+	hashed := func(r record) record {
+		if r.length <= len(garbage) {
+			r.copyHash = sha256.Sum256(garbage[:r.length])
+		}
+		return r
+	}
+
+	// A slot's content: its record page and its copy.
+	type slotFunc func(slot int) (page, copy []byte)
+	// sealed is r sealed for the slot under the journal's key, with
+	// garbage as its copy.
+	sealed := func(r record) slotFunc {
+		return func(slot int) ([]byte, []byte) {
+			r := hashed(r)
+			return sealRecord(j.key.Cipher(), slot, &r, make([]byte, journalHdr)), garbage
+		}
+	}
+	// raw is the plaintext p sealed for the slot under the journal's key.
+	raw := func(p []byte) slotFunc {
+		return func(slot int) ([]byte, []byte) { return framePage(j.key.Cipher(), slot, p), garbage }
+	}
+	// changed is f's page and copy changed by g.
+	changed := func(f slotFunc, g func(page, copy []byte)) slotFunc {
+		return func(slot int) ([]byte, []byte) {
+			page, copy := f(slot)
+			page, copy = bytes.Clone(page), bytes.Clone(copy)
+			g(page, copy)
+			return page, copy
+		}
+	}
+	hrec := hashed(irec)
+	plain := hrec.marshal(nil)
+	patched := func(off int, v ...byte) []byte { p := bytes.Clone(plain); copy(p[off:], v); return p }
+	// underKey is irec sealed for the slot with the key of a new header
+	// of keys (an earlier journal, another volume).
+	underKey := func(keys Keyer) slotFunc {
+		return func(slot int) ([]byte, []byte) {
+			_, k, err := keys.New(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer k.Close()
+			r := hashed(irec)
+			return sealRecord(k.Cipher(), slot, &r, make([]byte, journalHdr)), garbage
+		}
+	}
 
 	type slotCase struct {
 		name string
-		rec  *record
-		// raw, if set, is written as the slot header instead of rec.
-		raw  []byte
+		slot slotFunc
 		want string // in the slot's log line
 	}
 	rounds := [][]slotCase{{
-		{"other inode", with(irec, func(r *record) { r.ino++ }), nil, "not replayed: the file was replaced"},
-		{"other file ID", with(irec, func(r *record) { r.fileID[0] ^= 1 }), nil, "not replayed: the file has another file ID"},
-		{"dot-dot path", with(vrec, func(r *record) { r.path = "../" + filepath.Base(outside) + "/victim" }), nil, "is damaged"},
-		{"absolute path", with(vrec, func(r *record) { r.path = victim.path }), nil, "is damaged"},
-		{"through a symlinked directory", with(vrec, func(r *record) { r.path = "link/victim" }), nil, "not replayed"},
-		{"a symlink", with(vrec, func(r *record) { r.path = "flink" }), nil, "not replayed"},
-		{"missing file", with(irec, func(r *record) { r.path = "missing" }), nil, "not replayed: no such file"},
-		{"file without a header", with(irec, func(r *record) { r.path = "empty"; r.ino = inode(t, filepath.Join(dir, "empty")) }), nil, "not replayed: reading its header"},
+		{"other inode", sealed(with(irec, func(r *record) { r.ino++ })), "not replayed: the file was replaced"},
+		{"other file ID", sealed(with(irec, func(r *record) { r.fileID[0] ^= 1 })), "not replayed: the file has another file ID"},
+		{"dot-dot path", sealed(with(vrec, func(r *record) { r.path = "../" + filepath.Base(outside) + "/victim" })), "leaves the backing directory; skipped"},
+		{"absolute path", sealed(with(vrec, func(r *record) { r.path = victim.path })), "leaves the backing directory; skipped"},
+		{"through a symlinked directory", sealed(with(vrec, func(r *record) { r.path = "link/victim" })), "not replayed"},
+		{"a symlink", sealed(with(vrec, func(r *record) { r.path = "flink" })), "not replayed"},
+		{"missing file", sealed(with(irec, func(r *record) { r.path = "missing" })), "not replayed: no such file"},
+		{"file without a header", sealed(with(irec, func(r *record) { r.path = "empty"; r.ino = inode(t, filepath.Join(dir, "empty")) })), "not replayed: reading its header"},
 	}, {
-		{"a directory", with(irec, func(r *record) { r.path = "sub"; r.ino = inode(t, filepath.Join(dir, "sub")) }), nil, "not replayed"},
-		{"a fifo", with(irec, func(r *record) { r.path = "fifo"; r.ino = inode(t, filepath.Join(dir, "fifo")) }), nil, "not replayed: the file was replaced"},
-		{"empty path", with(irec, func(r *record) { r.path = "" }), nil, "is damaged (path length 0"},
-		{"copy larger than a slot", with(irec, func(r *record) { r.length = int(j.slotSize) }), nil, "is damaged (copy of"},
-		{"negative offset", with(irec, func(r *record) { r.coff = -5 }), nil, "is damaged (negative offset"},
-		{"bad cut", with(irec, func(r *record) { r.cut = -2 }), nil, "is damaged (bad cut"},
-		{"NUL in the path", with(irec, func(r *record) { r.path = "inside\x00" }), nil, "is damaged"},
+		{"a directory", sealed(with(irec, func(r *record) { r.path = "sub"; r.ino = inode(t, filepath.Join(dir, "sub")) })), "not replayed"},
+		{"a fifo", sealed(with(irec, func(r *record) { r.path = "fifo"; r.ino = inode(t, filepath.Join(dir, "fifo")) })), "not replayed: the file was replaced"},
+		{"empty path", sealed(with(irec, func(r *record) { r.path = "" })), "path length 0 does not fit"},
+		{"copy larger than a slot", sealed(with(irec, func(r *record) { r.length = int(j.slotSize) })), "copy of"},
+		{"negative offset", sealed(with(irec, func(r *record) { r.coff = -5 })), "negative offset"},
+		{"bad cut", raw(patched(36, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE)), "bad cut"},
+		{"NUL in the path", sealed(with(irec, func(r *record) { r.path = "inside\x00" })), "leaves the backing directory"},
 		// Last: its copy lies past the end of the journal file.
-		{"copy missing", with(irec, func(r *record) { r.length = 200 }), nil, "not replayed: reading the journal"},
+		{"copy missing", func(slot int) ([]byte, []byte) {
+			page, _ := sealed(with(irec, func(r *record) { r.length = 200 }))(slot)
+			return page, nil
+		}, "not replayed: reading the journal"},
 	}, {
-		{"path length past the header", nil, func() []byte {
-			b := (&record{path: "inside"}).marshal(make([]byte, journalHdr))
-			b[52], b[53] = 0xFF, 0xFF
-			return b
-		}(), "is damaged (path length 65535"},
-		{"path cut short", nil, func() []byte {
-			b := bytes.Clone((&record{path: "inside"}).marshal(make([]byte, journalHdr)))
-			return b[:recordFixed+3]
-		}(), "is damaged"},
+		{"path length past the record", raw(patched(76, 0xFF, 0xFF)), "path length 65535 does not fit"},
+		{"path cut short", raw(plain[:recordFixed+3]), "does not fit a record of"},
+		{"record shorter than its fixed part", raw(plain[:40]), "record of 40 bytes"},
+		{"not a record", func(int) ([]byte, []byte) { return bytes.Repeat([]byte{0xEE}, journalHdr), garbage }, "not a record"},
+		{"a record of the old format", func(int) ([]byte, []byte) {
+			return oldJournal(irec, nil), garbage
+		}, "not a record"},
+		{"sealed length past the page", changed(sealed(irec), func(page, _ []byte) { page[8], page[9] = 0x10, 0 }), "does not fit the page"},
+		{"sealed length of a tag only", changed(sealed(irec), func(page, _ []byte) { page[8], page[9] = 0, blockcipher.Overhead }), "does not fit the page"},
+		{"record page cut short", func(slot int) ([]byte, []byte) {
+			page, _ := sealed(irec)(slot)
+			return page[:10+blockcipher.Overhead+len(plain)], nil // the end of the journal file
+		}, "record page of"},
+	}, {
+		{"sealed under an earlier journal's key", underKey(newJournalKeyer(t)), "not authentic"},
+		{"sealed under another volume's key", underKey(newFakeKeyer(t, l, 2)), "not authentic"},
+		{"a flipped bit", changed(sealed(irec), func(page, _ []byte) { page[10+40] ^= 0x08 }), "not authentic"},
+		{"sealed for slot 2, in slot 3", func(slot int) ([]byte, []byte) {
+			if slot != 3 {
+				t.Fatalf("the case is in slot %d, want 3", slot)
+			}
+			return sealed(irec)(2)
+		}, "not authentic"},
+		{"a flipped bit in the tag", changed(sealed(irec), func(page, _ []byte) {
+			page[10+binary.BigEndian.Uint16(page[8:10])-1] ^= 0x80
+		}), "not authentic"},
+		{"a byte after the sealed record", changed(sealed(irec), func(page, _ []byte) { page[journalHdr-1] = 1 }), "after the sealed record"},
+		{"copy altered", changed(sealed(irec), func(_, copy []byte) { copy[5] ^= 1 }), "not replayed: its copy does not match the record"},
 	}}
 	keep := map[string][]byte{victim.path: victim.backing(), inside.path: inside.backing()}
 	for round, cases := range rounds {
-		jf := filepath.Join(dir, JournalName)
-		if err := os.Truncate(jf, 0); err != nil {
-			t.Fatal(err)
-		}
 		for i, c := range cases {
-			if c.raw != nil {
-				f, err := os.OpenFile(jf, os.O_RDWR, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				f.WriteAt(c.raw, int64(i)*j.slotSize)
-				f.Close()
-				continue
+			page, data := c.slot(i)
+			writeJournalAt(t, dir, page, j.slotOffset(i))
+			if data != nil {
+				writeJournalAt(t, dir, data, j.slotOffset(i)+journalHdr)
 			}
-			var data []byte
-			if c.name != "copy missing" && c.rec.length <= 100 {
-				data = garbage
-			}
-			writeSlot(t, dir, j.slotSize, i, c.rec, data)
 		}
 		var logBuf bytes.Buffer
-		openTestJournal(t, dir, journalMaxData(l), log.New(&logBuf, "", 0))
+		j = openTestJournal(t, dir, maxData, log.New(&logBuf, "", 0))
 		lines := strings.Split(strings.TrimSpace(logBuf.String()), "\n")
 		for i, c := range cases {
-			prefix := fmt.Sprintf("kmsfs: write journal slot %d ", i)
+			prefix := fmt.Sprintf("kmsfs: write journal slot %d", i)
 			found := ""
 			for _, line := range lines {
-				if strings.HasPrefix(line, prefix) {
+				if strings.HasPrefix(line, prefix+" ") || strings.HasPrefix(line, prefix+":") {
 					found = line
 				}
 			}
@@ -490,7 +825,7 @@ func TestJournalReplaySkips(t *testing.T) {
 		if len(lines) != len(cases) {
 			t.Errorf("round %d: %d log lines, want %d:\n%s", round, len(lines), len(cases), logBuf.String())
 		}
-		checkSlotsClear(t, dir, j.slotSize)
+		checkJournalClear(t, dir, j.slotSize, "inside", "victim")
 		for p, want := range keep {
 			if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
 				t.Errorf("round %d: %s changed by replay (%v)", round, p, err)
@@ -502,21 +837,239 @@ func TestJournalReplaySkips(t *testing.T) {
 	}
 }
 
-// TestOpenJournalErrors checks that a journal that cannot be opened
-// fails OpenJournal, and that a nil journal closes.
+// TestJournalReplayUnreadable checks that a journal whose records cannot
+// be authenticated, because no key opens its header or because it is of
+// the older format, is not replayed, is logged, and is started anew.
+func TestJournalReplayUnreadable(t *testing.T) {
+	const B = 4096
+	l := layout(B)
+	maxData := journalMaxData(l)
+	for _, tc := range []struct {
+		name string
+		// change changes the journal file jb, with a record in slot 0 that
+		// would garble the file inside; keys opens it again.
+		change func(jb []byte, r record, data []byte) []byte
+		keys   func(t testing.TB) *fakeKeyer
+		want   string
+	}{
+		{"another volume's key", nil, func(t testing.TB) *fakeKeyer { return newFakeKeyer(t, l, 2) }, "the write journal's key cannot be loaded"},
+		{"both header copies altered", func(jb []byte, _ record, _ []byte) []byte {
+			jb[header.PreambleSize+100] ^= 1
+			jb[header.PreambleSize+header.CopySize+100] ^= 1
+			return jb
+		}, newJournalKeyer, "the write journal's key cannot be loaded"},
+		{"header zeroed", func(jb []byte, _ record, _ []byte) []byte { clear(jb[:journalBase]); return jb }, newJournalKeyer, "the write journal's key cannot be loaded"},
+		{"old format", func(_ []byte, r record, data []byte) []byte { return oldJournal(r, data) }, newJournalKeyer, "the write journal is of an older kmsfs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			j := openTestJournal(t, dir, maxData, nil)
+			e := newEnvIn(t, dir, "inside", B, nil)
+			h := e.open()
+			if _, err := h.WriteAt(ctx, randBytes(rand.New(rand.NewPCG(26, 0)), 2*B), 0); err != nil {
+				t.Fatal(err)
+			}
+			h.Close()
+			before := e.backing()
+			garbage := bytes.Repeat([]byte{0xEE}, 100)
+			r := record{fileID: fileID(t, before), ino: inode(t, e.path), coff: l.BlockCipherOff(0), length: len(garbage), cut: -1, path: e.name}
+			writeSlot(t, dir, j, 0, r, garbage)
+			jb := journalBytes(t, dir)
+			if tc.change != nil {
+				if err := os.WriteFile(filepath.Join(dir, JournalName), tc.change(bytes.Clone(jb), r, garbage), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var logBuf bytes.Buffer
+			keys := tc.keys(t)
+			j2, err := openJournalErr(t, dir, maxData, keys, true, log.New(&logBuf, "", 0))
+			if err != nil {
+				t.Fatalf("OpenJournal = %v, want nil", err)
+			}
+			if got := logBuf.String(); !strings.Contains(got, tc.want) || strings.Contains(got, "completed") {
+				t.Errorf("replay log = %q, want %q and no completed write", got, tc.want)
+			}
+			if got := e.backing(); !bytes.Equal(got, before) {
+				t.Errorf("the file changed: the record was replayed")
+			}
+			// Started anew: a new header only, of a key keys made.
+			if got := keys.news.Load(); got != 1 {
+				t.Errorf("keys made %d headers, want 1", got)
+			}
+			checkJournalClear(t, dir, j2.slotSize, "inside", "KMSFSJ2")
+			if got := journalBytes(t, dir); len(got) != journalBase || bytes.Equal(got, jb[:journalBase]) {
+				t.Errorf("journal file of %d bytes after the replay, want a new header of %d", len(got), journalBase)
+			}
+			// And it takes records.
+			e2 := newEnvIn(t, dir, "inside", B, j2)
+			h2 := e2.open()
+			m := model(bytes.Repeat([]byte{1}, 3*B))
+			if _, err := h2.WriteAt(ctx, m, 0); err != nil {
+				t.Fatal(err)
+			}
+			stop := recordJournal(t, j2)
+			if _, err := h2.WriteAt(ctx, []byte("new"), B); err != nil {
+				t.Fatal(err)
+			}
+			if ws := stop(); len(ws) != 1 {
+				t.Errorf("an overwrite wrote %d records, want 1", len(ws))
+			}
+			m.write([]byte("new"), B)
+			e2.check(h2, m)
+		})
+	}
+}
+
+// TestOpenJournalReadOnly checks the journal of a read-only mount: none
+// is created where there is none; one that is there is replayed and
+// cleared, but not started anew (its header stays, no key is made), and
+// it takes no records.
+func TestOpenJournalReadOnly(t *testing.T) {
+	const B = 4096
+	l := layout(B)
+	maxData := journalMaxData(l)
+	t.Run("missing", func(t *testing.T) {
+		dir := t.TempDir()
+		keys := newJournalKeyer(t)
+		j, err := openJournalErr(t, dir, maxData, keys, false, nil)
+		if j != nil || err != nil {
+			t.Fatalf("OpenJournal(no journal, read-only) = %v, %v; want nil, nil", j, err)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, JournalName)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("Lstat(journal) = %v, want ErrNotExist", err)
+		}
+		if n, l := keys.news.Load(), keys.loads.Load(); n != 0 || l != 0 {
+			t.Errorf("keys made %d and loaded %d headers, want none", n, l)
+		}
+		j.Close()
+	})
+	t.Run("replayed", func(t *testing.T) {
+		dir := t.TempDir()
+		j := openTestJournal(t, dir, maxData, nil)
+		e := newEnvIn(t, dir, "inside", B, nil)
+		h := e.open()
+		r := rand.New(rand.NewPCG(27, 0))
+		m := model(randBytes(r, 3*B))
+		if _, err := h.WriteAt(ctx, m, 0); err != nil {
+			t.Fatal(err)
+		}
+		h.Close()
+		b := e.backing()
+		id := fileID(t, b)
+		c, err := e.keyer.cipher(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Slot 2: new content for block 1, garbled in the file. Slot 5: a
+		// copy whose record was never written.
+		newBlock := randBytes(r, B)
+		ct := c.SealBlock(nil, newBlock, 1)
+		writeSlot(t, dir, j, 2, record{fileID: id, ino: inode(t, e.path), coff: l.BlockCipherOff(1), length: len(ct), cut: -1, path: e.name}, ct)
+		writeJournalAt(t, dir, ct, j.slotOffset(5)+journalHdr)
+		garbled := bytes.Clone(b)
+		copy(garbled[l.BlockCipherOff(1)+10:], randBytes(r, 100))
+		if err := os.WriteFile(e.path, garbled, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		hdr := journalBytes(t, dir)[:journalBase]
+
+		var logBuf bytes.Buffer
+		keys := newJournalKeyer(t)
+		ro, err := openJournalErr(t, dir, maxData, keys, false, log.New(&logBuf, "", 0))
+		if ro == nil || err != nil {
+			t.Fatalf("OpenJournal(read-only) = %v, %v; want a journal, nil", ro, err)
+		}
+		if !strings.Contains(logBuf.String(), "completed an interrupted write to inside") {
+			t.Errorf("replay log = %q, want a completed write", logBuf.String())
+		}
+		m.write(newBlock, B)
+		e.check(e.open(), m)
+		jb := journalBytes(t, dir)
+		if !bytes.Equal(jb[:journalBase], hdr) || keys.news.Load() != 0 {
+			t.Errorf("the read-only replay wrote a new header (%d made)", keys.news.Load())
+		}
+		if len(jb) <= int(ro.slotOffset(5)) {
+			t.Errorf("journal file of %d bytes after a read-only replay, want its slots kept", len(jb))
+		}
+		checkJournalClear(t, dir, ro.slotSize, "inside")
+		if n := keys.live.Load(); n != 0 {
+			t.Errorf("%d keys open after the read-only replay, want 0", n)
+		}
+
+		// It takes no records: writes go without.
+		e2 := newEnvIn(t, dir, "inside", B, ro)
+		h2 := e2.open()
+		if _, err := h2.WriteAt(ctx, []byte("new"), 10); err != nil {
+			t.Fatal(err)
+		}
+		m.write([]byte("new"), 10)
+		e2.check(h2, m)
+		if got := journalBytes(t, dir); !bytes.Equal(got, jb) {
+			t.Errorf("a write through a read-only journal changed the journal file")
+		}
+	})
+}
+
+// TestOpenJournalErrors checks that a journal that cannot be opened or
+// started fails OpenJournal, and that a nil journal closes.
 func TestOpenJournalErrors(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, JournalName), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := openJournalErr(t, dir, 4096, nil); !errors.Is(err, syscall.EISDIR) {
+	if _, err := openJournalErr(t, dir, 4096, newJournalKeyer(t), true, nil); !errors.Is(err, syscall.EISDIR) {
 		t.Errorf("OpenJournal(journal is a directory) = %v, want EISDIR", err)
 	}
 	(*Journal)(nil).Close()
 }
 
+// TestJournalKeyLater checks a journal that gets no key when it is opened
+// (the key service is down): it opens all the same and says so, writes go
+// without records meanwhile, and once keyRetry has passed a write makes
+// the key and the writes are journaled again.
+func TestJournalKeyLater(t *testing.T) {
+	const B = 4096
+	dir := t.TempDir()
+	keys := newJournalKeyer(t)
+	keys.newErr = errors.New("key service down")
+	var logBuf bytes.Buffer
+	j, err := openJournalErr(t, dir, journalMaxData(layout(B)), keys, true, log.New(&logBuf, "", 0))
+	if err != nil {
+		t.Fatalf("OpenJournal(no key) = %v, want nil", err)
+	}
+	if !strings.Contains(logBuf.String(), "key service down") {
+		t.Errorf("log = %q, want the key service's error", logBuf.String())
+	}
+	const name = "later/secret name"
+	e := newEnvIn(t, dir, name, B, j)
+	h := e.open()
+	r := rand.New(rand.NewPCG(28, 0))
+	var m model
+	e.apply(h, &m, wr(0, 2*B+5), r)
+	keys.newErr = nil
+	e.apply(h, &m, wr(10, 100), r)
+	if jb := journalBytes(t, dir); len(jb) != 0 || keys.news.Load() != 0 {
+		t.Fatalf("journal of %d bytes, %d keys made before keyRetry passed; want none", len(jb), keys.news.Load())
+	}
+	j.keyMu.Lock()
+	j.lastTry = j.lastTry.Add(-keyRetry)
+	j.keyMu.Unlock()
+	e.apply(h, &m, wr(20, 100), r)
+	if keys.news.Load() != 1 || !strings.Contains(logBuf.String(), "writes are journaled again") {
+		t.Fatalf("%d keys made after keyRetry, log %q; want 1 and the journal back", keys.news.Load(), logBuf.String())
+	}
+	stop := recordJournal(t, j)
+	e.apply(h, &m, wr(30, 100), r)
+	if ws := stop(); len(ws) != 1 || ws[0].rec.path != name {
+		t.Fatalf("an overwrite wrote %d records, want 1 for %q", len(ws), name)
+	}
+	e.check(h, m)
+	checkJournalClear(t, dir, j.slotSize, name)
+}
+
 // TestJournalLock checks that one journal (one read-write mount) per
-// volume can be open at a time, and that closing it frees the volume.
+// volume can be open at a time, that a read-only one is refused while it
+// is, that closing it frees the volume, and that closing wipes its key.
 func TestJournalLock(t *testing.T) {
 	dir := t.TempDir()
 	bd, err := backing.Open(dir)
@@ -525,15 +1078,21 @@ func TestJournalLock(t *testing.T) {
 	}
 	defer bd.Close()
 	logger := log.New(io.Discard, "", 0)
-	j, err := OpenJournal(bd, 1<<16, logger)
+	keys := newJournalKeyer(t)
+	j, err := OpenJournal(ctx, bd, 1<<16, keys, true, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenJournal(bd, 1<<16, logger); !errors.Is(err, ErrLocked) {
-		t.Errorf("OpenJournal while another holds it = %v, want ErrLocked", err)
+	for _, writable := range []bool{true, false} {
+		if _, err := OpenJournal(ctx, bd, 1<<16, keys, writable, logger); !errors.Is(err, ErrLocked) {
+			t.Errorf("OpenJournal(writable=%v) while another holds it = %v, want ErrLocked", writable, err)
+		}
 	}
 	j.Close()
-	j2, err := OpenJournal(bd, 1<<16, logger)
+	if n := keys.live.Load(); n != 0 {
+		t.Errorf("%d keys open after Close, want 0", n)
+	}
+	j2, err := OpenJournal(ctx, bd, 1<<16, keys, true, logger)
 	if err != nil {
 		t.Fatalf("OpenJournal after Close = %v, want nil", err)
 	}

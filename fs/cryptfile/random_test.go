@@ -59,6 +59,9 @@ func TestRandomOps(t *testing.T) {
 				}
 				e.check(hs[0], m)
 				e.checkBoundaries(hs[1], m)
+				if j != nil {
+					checkJournalClear(t, dir, j.slotSize)
+				}
 			})
 		}
 	}

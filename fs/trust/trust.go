@@ -40,6 +40,10 @@ type Record struct {
 	// Retired are key URIs whose slots still unlock files but which no
 	// new file is wrapped under: keys being removed by "kmsfs rewrap".
 	Retired []string `json:"retired,omitempty"`
+	// Epoch is the highest configuration epoch this user has accepted for
+	// the volume: an older configuration is refused unless the user
+	// overrides it.
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // Trusts reports whether uri is one of the record's keys.

@@ -118,7 +118,7 @@ func (ks *keySource) generate(ctx context.Context) (*sharedKey, error) {
 		slots = append(slots, header.Slot{URI: u, Context: ks.encCtx, Wrapped: wrapped})
 	}
 	if dk == nil {
-		return nil, fmt.Errorf("new data key: %w: the configuration's keys %v", ErrUntrusted, ks.uris)
+		return nil, fmt.Errorf("new data key: %w: the configuration's keys %v", ErrUntrusted, keyring.RedactURIs(ks.uris))
 	}
 	ks.generated.Add(1)
 	return &sharedKey{dk: dk, slots: slots}, nil

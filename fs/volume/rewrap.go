@@ -61,7 +61,7 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 	keys := slices.Clone(v.Config.Keys)
 	for _, u := range o.Remove {
 		if !slices.Contains(v.Config.Keys, u) {
-			return r, fmt.Errorf("rewrap: %s is not a key of this volume (its keys: %v)", u, v.Config.Keys)
+			return r, fmt.Errorf("rewrap: %s is not a key of this volume (its keys: %v)", keyring.RedactURI(u), keyring.RedactURIs(v.Config.Keys))
 		}
 	}
 	for _, u := range o.Add {
@@ -81,6 +81,13 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 	}
 	if len(keys) == 0 {
 		return r, errors.New("rewrap: that would leave the volume without keys")
+	}
+	for _, u := range keys {
+		if !v.wrapsUnder(v.aliasOf(u)) {
+			// Named by a configuration the user did not make (or restored
+			// from before a removal): never wrap files under it.
+			return r, fmt.Errorf("rewrap: %w: the configuration names %s; remove it with --remove, or trust it first", ErrUntrusted, u)
+		}
 	}
 	r.Keys = keys
 	if !slices.Equal(keys, v.Config.Keys) {

@@ -52,6 +52,12 @@ var (
 	ErrNotEmpty = errors.New("directory is not empty")
 	// ErrKeyUnavailable: no key slot of a file could be opened.
 	ErrKeyUnavailable = errors.New("no key could open the file")
+	// ErrWrongKey: every key tried on the configuration's slots refused
+	// its slot (keyring.ErrUnwrap) and nothing else in its header was
+	// damaged: the keys belong to another volume (a key file replaced by
+	// another one, a --key naming the wrong file), or the slots were
+	// altered. In a file's header the same failure is damage (ErrCorrupt).
+	ErrWrongKey = errors.New("wrong key: it does not open this volume (it is another key, or the volume's key slot was altered)")
 	// ErrUntrusted: no key slot names a key trusted for the volume (see
 	// package trust); the URIs stored in the volume are not used.
 	ErrUntrusted = errors.New("no key slot names a key trusted for this volume")
@@ -79,7 +85,16 @@ type Config struct {
 	ReuseFiles int `json:"data_key_reuse_files,omitempty"`
 	// ReuseSeconds is how long one data key may serve new files.
 	ReuseSeconds int `json:"data_key_reuse_seconds,omitempty"`
+	// Epoch is raised by every rewrite of the configuration (absent: 0),
+	// so that a reader that remembers the last epoch it saw can refuse an
+	// older configuration restored over a newer one.
+	Epoch uint64 `json:"epoch,omitempty"`
 }
+
+// ErrRollback means the configuration is older than one this user has
+// already seen for the volume (a restored backup, or an attacker undoing
+// a key removal).
+var ErrRollback = errors.New("the configuration is older than one already seen for this volume")
 
 // InitOptions are the choices fixed when a volume is created.
 type InitOptions struct {
@@ -229,7 +244,7 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 	seen := map[string]bool{}
 	for _, u := range keyURIs {
 		if seen[u] {
-			return nil, fmt.Errorf("init: key %s given twice", u)
+			return nil, fmt.Errorf("init: key %s given twice", keyring.RedactURI(u))
 		}
 		seen[u] = true
 	}
@@ -321,17 +336,17 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 	usable := 0
 	for _, u := range cfg.Keys {
 		if !v.wrapsUnder(v.aliasOf(u)) {
-			logger.Printf("kmsfs: the configuration names key %s, which is not trusted for this volume: new files are not wrapped under it", u)
+			logger.Printf("kmsfs: the configuration names key %s, which is not trusted for this volume: new files are not wrapped under it", keyring.RedactURI(u))
 			continue
 		}
 		usable++
 		if _, err := res.Get(ctx, v.aliasOf(u)); err != nil {
-			logger.Printf("kmsfs: key %s is not usable: %v", u, err)
+			logger.Printf("kmsfs: key %s is not usable: %v", keyring.RedactURI(u), err)
 		}
 	}
 	if usable == 0 {
 		d.Close()
-		return nil, fmt.Errorf("%s: %w: none of the keys %v for new files is trusted", abs, ErrUntrusted, cfg.Keys)
+		return nil, fmt.Errorf("%s: %w: none of the keys %v for new files is trusted", abs, ErrUntrusted, keyring.RedactURIs(cfg.Keys))
 	}
 	return v, nil
 }
@@ -430,6 +445,9 @@ func (v *Volume) readConfig(ctx context.Context) (*Config, error) {
 		v.Layout = layoutFor(h.Preamble.BlockSize())
 	}
 	fk, err := v.unlock(ctx, h, cpath)
+	if sr := (*slotsRefused)(nil); errors.As(err, &sr) {
+		return nil, fmt.Errorf("%s: %w: %w", cpath, ErrWrongKey, sr.refused)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -484,7 +502,7 @@ func ParseConfig(plain []byte) (*Config, error) {
 	seen := map[string]bool{}
 	for _, k := range c.Keys {
 		if k == "" || len(k) > header.MaxURILen || seen[k] {
-			return nil, fmt.Errorf("%w: bad or repeated key URI %q", ErrBadConfig, k)
+			return nil, fmt.Errorf("%w: bad or repeated key URI %q", ErrBadConfig, keyring.RedactURI(k))
 		}
 		seen[k] = true
 	}
@@ -513,8 +531,11 @@ func (v *Volume) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if cur := v.epoch(); cfg.Epoch < cur {
+		return fmt.Errorf("%s: %w (epoch %d, the mount has %d); not reloaded", v.Dir, ErrRollback, cfg.Epoch, cur)
+	}
 	v.setConfig(cfg)
-	v.Log.Printf("kmsfs: configuration reloaded: keys %v", cfg.Keys)
+	v.Log.Printf("kmsfs: configuration reloaded: keys %v", keyring.RedactURIs(cfg.Keys))
 	return nil
 }
 
@@ -522,6 +543,7 @@ func (v *Volume) Reload(ctx context.Context) error {
 // file with a new data key wrapped under cfg.Keys, synced, renamed over
 // the old one, and the directory synced.
 func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
+	cfg.Epoch++
 	plain, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
@@ -746,6 +768,7 @@ func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string, ck
 		return nil, fmt.Errorf("%s: %w: block size %d, volume uses %d", name, ErrCorrupt, h.Preamble.BlockSize(), v.Layout.BlockSize)
 	}
 	var keyErrs, hdrErrs []error
+	refused := 0 // of hdrErrs, slots their key refused
 	for i, ce := range h.CopyErrs {
 		if ce != nil {
 			hdrErrs = append(hdrErrs, fmt.Errorf("header copy %d: %w", i, ce))
@@ -775,7 +798,7 @@ func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string, ck
 			}
 			if want := v.volumeID(); want != "" && vol != want {
 				failed[id] = true
-				hdrErrs = append(hdrErrs, fmt.Errorf("key slot %s belongs to volume %s, not this volume %s", s.URI, vol, want))
+				hdrErrs = append(hdrErrs, fmt.Errorf("key slot %s belongs to volume %s, not this volume %s", keyring.RedactURI(s.URI), vol, want))
 				continue
 			}
 			dk := unwrapped[id]
@@ -787,6 +810,7 @@ func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string, ck
 					// (or wrapped by another key): damage, not an outage.
 					if errors.Is(err, keyring.ErrUnwrap) {
 						hdrErrs = append(hdrErrs, err)
+						refused++
 					} else {
 						keyErrs = append(keyErrs, err)
 					}
@@ -815,8 +839,23 @@ func (v *Volume) unlockDK(ctx context.Context, h *header.Header, name string, ck
 	if len(hdrErrs) == 0 {
 		hdrErrs = append(hdrErrs, header.ErrNoValidCopy)
 	}
-	return nil, fmt.Errorf("%s: %w: %w", name, ErrCorrupt, joinErrs(append(hdrErrs, keyErrs...)))
+	errs := joinErrs(append(hdrErrs, keyErrs...))
+	err := fmt.Errorf("%s: %w: %w", name, ErrCorrupt, errs)
+	if refused == len(hdrErrs) {
+		return nil, &slotsRefused{error: err, refused: errs}
+	}
+	return nil, err
 }
+
+// slotsRefused is the error of unlockDK when the only damage seen is key
+// slots that their key refused (keyring.ErrUnwrap). It reads and matches
+// as the ErrCorrupt error it wraps; readConfig reports it as ErrWrongKey.
+type slotsRefused struct {
+	error         // the ErrCorrupt error
+	refused error // the slots' errors
+}
+
+func (e *slotsRefused) Unwrap() error { return e.error }
 
 // keyTimeout bounds the key service calls of one unwrap.
 const keyTimeout = 2 * time.Minute
@@ -832,7 +871,7 @@ func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, e
 	}
 	var errs []error
 	if !v.trusts(s.URI) {
-		errs = append(errs, fmt.Errorf("%w: slot names %s", ErrUntrusted, s.URI))
+		errs = append(errs, fmt.Errorf("%w: slot names %s", ErrUntrusted, keyring.RedactURI(s.URI)))
 	}
 	try := func(uri string) *keyring.Key {
 		kr, err := v.res.Get(ctx, uri)
@@ -842,7 +881,7 @@ func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, e
 		}
 		dk, err := kr.Unwrap(ctx, s.Wrapped, s.Context)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("unwrap with %s: %w", uri, err))
+			errs = append(errs, fmt.Errorf("unwrap with %s: %w", keyring.RedactURI(uri), err))
 			return nil
 		}
 		return dk
@@ -972,6 +1011,13 @@ func orderSlots(s []header.Slot) []header.Slot {
 		}
 	}
 	return out
+}
+
+// epoch returns the epoch of the configuration in use.
+func (v *Volume) epoch() uint64 {
+	v.cfgMu.RLock()
+	defer v.cfgMu.RUnlock()
+	return v.Config.Epoch
 }
 
 func (v *Volume) volumeID() string {

@@ -72,7 +72,7 @@ func Open(ctx context.Context, u *url.URL) (*Keyring, error) {
 		return nil, err
 	}
 	if strings.Contains(ku.Key, "/") && !strings.HasPrefix(ku.Key, "alias/") {
-		return nil, fmt.Errorf("%s: %w: key %q: want a key ID or alias/NAME", ku.Raw, keyring.ErrBadURI, ku.Key)
+		return nil, fmt.Errorf("%s: %w: key %q: want a key ID or alias/NAME", keyring.RedactURI(ku.Raw), keyring.ErrBadURI, ku.Key)
 	}
 	k := &Keyring{uri: ku, keyID: !strings.HasPrefix(ku.Key, "alias/"), policy: cloud.DefaultPolicy}
 	creds := &sharedProvider{inner: credentials.NewDefaultCredentialsProvider()}
@@ -101,7 +101,7 @@ func Open(ctx context.Context, u *url.URL) (*Keyring, error) {
 		return c, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %v", ku.Raw, keyring.ErrBadURI, err)
+		return nil, fmt.Errorf("%s: %w: %v", keyring.RedactURI(ku.Raw), keyring.ErrBadURI, err)
 	}
 	return k, nil
 }

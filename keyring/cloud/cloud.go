@@ -42,7 +42,9 @@ type KeyURI struct {
 func ParseKeyURI(u *url.URL, allowed ...string) (*KeyURI, error) {
 	raw := u.String()
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%s: %w: %s", raw, keyring.ErrBadURI, fmt.Sprintf(format, args...))
+		// A refused URI may hold what does not belong in it (a password):
+		// it is shown redacted.
+		return fmt.Errorf("%s: %w: %s", keyring.RedactURI(raw), keyring.ErrBadURI, fmt.Sprintf(format, args...))
 	}
 	if u.Opaque != "" {
 		return nil, bad("want %s://REGION/KEY", u.Scheme)
@@ -110,22 +112,23 @@ func validRegion(s string) bool {
 // http://HOST[:PORT] when HOST is a loopback address or "localhost". No
 // path, query or user info.
 func ParseEndpoint(s string) (*url.URL, error) {
+	shown := keyring.RedactURI(s)
 	ep, err := url.Parse(s)
 	if err != nil {
-		return nil, fmt.Errorf("endpoint %q: %v", s, err)
+		return nil, fmt.Errorf("endpoint %q: not a URL", shown)
 	}
 	if ep.Host == "" || ep.User != nil || (ep.Path != "" && ep.Path != "/") || ep.RawQuery != "" || ep.Fragment != "" {
-		return nil, fmt.Errorf("endpoint %q: want https://HOST[:PORT]", s)
+		return nil, fmt.Errorf("endpoint %q: want https://HOST[:PORT]", shown)
 	}
 	ep.Path = ""
 	switch ep.Scheme {
 	case "https":
 	case "http":
 		if !IsLoopback(ep.Hostname()) {
-			return nil, fmt.Errorf("endpoint %q: plain http is allowed only for loopback hosts; use https", s)
+			return nil, fmt.Errorf("endpoint %q: plain http is allowed only for loopback hosts; use https", shown)
 		}
 	default:
-		return nil, fmt.Errorf("endpoint %q: want https://HOST[:PORT]", s)
+		return nil, fmt.Errorf("endpoint %q: want https://HOST[:PORT]", shown)
 	}
 	return ep, nil
 }

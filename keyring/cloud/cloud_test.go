@@ -3,6 +3,8 @@ package cloud
 import (
 	"context"
 	"errors"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,5 +115,28 @@ func TestPolicyDo(t *testing.T) {
 	err = p.Do(context.Background(), base, func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
 	if took := time.Since(start); took > time.Second || !errors.Is(err, keyring.ErrUnavailable) {
 		t.Errorf("Do(hang) = %v after %v, want ErrUnavailable within the budget", err, took)
+	}
+}
+
+// TestParseKeyURIRedacts checks that a refused URI is never echoed with
+// the credentials a user put in it.
+func TestParseKeyURIRedacts(t *testing.T) {
+	const pw = "Hunter2Secret"
+	for _, raw := range []string{
+		"alibaba-kms://ak:" + pw + "@cn-hangzhou/key",
+		"alibaba-kms://cn-hangzhou/key?endpoint=https://ak:" + pw + "@kms.example",
+		"alibaba-kms://cn-hangzhou/key?access_key_secret=" + pw,
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ParseKeyURI(u)
+		if !errors.Is(err, keyring.ErrBadURI) || strings.Contains(err.Error(), pw) {
+			t.Errorf("ParseKeyURI(%q) = %v, want ErrBadURI without the password", raw, err)
+		}
+	}
+	if _, err := ParseEndpoint("https://ak:" + pw + "@kms.example"); err == nil || strings.Contains(err.Error(), pw) {
+		t.Errorf("ParseEndpoint(with a password) = %v, want an error without the password", err)
 	}
 }

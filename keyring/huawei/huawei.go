@@ -81,7 +81,7 @@ func Open(ctx context.Context, u *url.URL) (*Keyring, error) {
 		return nil, err
 	}
 	if !keyIDPattern.MatchString(ku.Key) {
-		return nil, fmt.Errorf("%s: %w: key %q: want a key ID like 0d0466b0-e727-4d9c-b35d-f84bb474a37f", ku.Raw, keyring.ErrBadURI, ku.Key)
+		return nil, fmt.Errorf("%s: %w: key %q: want a key ID like 0d0466b0-e727-4d9c-b35d-f84bb474a37f", keyring.RedactURI(ku.Raw), keyring.ErrBadURI, ku.Key)
 	}
 	k := &Keyring{uri: ku, policy: cloud.DefaultPolicy}
 	cred, err := k.credentials(ctx)
@@ -92,7 +92,7 @@ func Open(ctx context.Context, u *url.URL) (*Keyring, error) {
 		cred.ProjectId = p
 	}
 	if cred.ProjectId == "" {
-		return nil, fmt.Errorf("%s: %w: no project ID: add ?project=PROJECT_ID or set HUAWEICLOUD_SDK_PROJECT_ID", ku.Raw, keyring.ErrBadURI)
+		return nil, fmt.Errorf("%s: %w: no project ID: add ?project=PROJECT_ID or set HUAWEICLOUD_SDK_PROJECT_ID", keyring.RedactURI(ku.Raw), keyring.ErrBadURI)
 	}
 	endpoint := "https://kms." + ku.Region + ".myhuaweicloud.com"
 	if r, err := kmsregion.SafeValueOf(ku.Region); err == nil && len(r.Endpoints) > 0 {
@@ -118,7 +118,7 @@ func Open(ctx context.Context, u *url.URL) (*Keyring, error) {
 		return kms.NewKmsClient(c), nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %v", ku.Raw, keyring.ErrBadURI, err)
+		return nil, fmt.Errorf("%s: %w: %v", keyring.RedactURI(ku.Raw), keyring.ErrBadURI, err)
 	}
 	return k, nil
 }

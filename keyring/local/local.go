@@ -14,6 +14,7 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -75,7 +76,7 @@ func URI(path string) string {
 func ParseURI(uri string) (string, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
-		return "", fmt.Errorf("local: %q: %w: %v", uri, keyring.ErrBadURI, err)
+		return "", fmt.Errorf("local: %q: %w: not a URI", keyring.RedactURI(uri), keyring.ErrBadURI)
 	}
 	return pathOf(u)
 }
@@ -104,12 +105,12 @@ func pathOf(u *url.URL) (string, error) {
 	default:
 		return u.Path, nil
 	}
-	return "", fmt.Errorf("local: %q: %w: %s (want local:///ABSOLUTE/PATH)", u.String(), keyring.ErrBadURI, why)
+	return "", fmt.Errorf("local: %q: %w: %s (want local:///ABSOLUTE/PATH)", keyring.RedactURI(u.String()), keyring.ErrBadURI, why)
 }
 
 func open(ctx context.Context, u *url.URL, opts keyring.Options) (keyring.Keyring, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("local: opening %s: %w", u, err)
+		return nil, fmt.Errorf("local: opening %s: %w", keyring.RedactURI(u.String()), err)
 	}
 	path, err := pathOf(u)
 	if err != nil {
@@ -204,7 +205,8 @@ func syncDir(dir string) error {
 // If opts.Create is set and the file does not exist, it is created first:
 // unprotected if opts.Passphrase is nil, otherwise with the passphrase
 // that opts.Passphrase returns for a prompt starting with "new passphrase"
-// (an empty answer creates an unprotected file).
+// (an empty answer creates an unprotected file). The new file is then
+// opened with that passphrase, without asking again.
 //
 // The file must be a regular file owned by the current user and not
 // accessible by group or others. If it is protected, opts.Passphrase is
@@ -214,13 +216,35 @@ func Open(path string, opts keyring.Options) (*Keyring, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("local: key file path %q: %w: not absolute", path, keyring.ErrBadURI)
 	}
+	ask := opts.Passphrase
 	if opts.Create {
 		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-			if err := createWith(path, opts); err != nil && !errors.Is(err, fs.ErrExist) {
+			pass, err := createWith(path, opts)
+			if err != nil && !errors.Is(err, fs.ErrExist) {
 				return nil, err
+			}
+			if err == nil && len(pass) > 0 {
+				defer memguard.WipeBytes(pass)
+				ask = func(string) ([]byte, error) { return bytes.Clone(pass), nil }
 			}
 		}
 	}
+	master, err := loadMaster(path, ask)
+	if err != nil {
+		return nil, err
+	}
+	k, err := newKeyring(path, master)
+	if err != nil {
+		master.Destroy()
+		return nil, fmt.Errorf("local: key file %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// loadMaster reads the key file at path and returns its master key,
+// asking ask for the passphrase if the file is protected. The caller
+// destroys the key.
+func loadMaster(path string, ask func(prompt string) ([]byte, error)) (*keyring.Key, error) {
 	data, err := readKeyFile(path)
 	if err != nil {
 		return nil, err
@@ -241,10 +265,10 @@ func Open(path string, opts keyring.Options) (*Keyring, error) {
 			return nil, fmt.Errorf("local: key file %s: %w", path, err)
 		}
 	case kdfScrypt:
-		if opts.Passphrase == nil {
+		if ask == nil {
 			return nil, fmt.Errorf("local: key file %s is protected by a passphrase and there is no way to ask for it: %w", path, keyring.ErrBadCredentials)
 		}
-		pass, err := opts.Passphrase("passphrase for local key " + path)
+		pass, err := ask("passphrase for local key " + path)
 		if err != nil {
 			return nil, fmt.Errorf("local: reading passphrase for key file %s: %w", path, err)
 		}
@@ -261,26 +285,26 @@ func Open(path string, opts keyring.Options) (*Keyring, error) {
 		master.Destroy()
 		return nil, fmt.Errorf("local: key file %s: %w: key_id %x does not match the key (whose ID is %x)", path, ErrKeyFile, kf.keyID, id)
 	}
-	k, err := newKeyring(path, master)
-	if err != nil {
-		master.Destroy()
-		return nil, fmt.Errorf("local: key file %s: %w", path, err)
-	}
-	return k, nil
+	return master, nil
 }
 
-// createWith creates the key file for Open with opts.Create set.
-func createWith(path string, opts keyring.Options) error {
+// createWith creates the key file for Open with opts.Create set and
+// returns the passphrase it was sealed under (nil for none), which the
+// caller wipes.
+func createWith(path string, opts keyring.Options) ([]byte, error) {
 	var pass []byte
 	if opts.Passphrase != nil {
 		var err error
 		pass, err = opts.Passphrase("new passphrase for local key " + path)
 		if err != nil {
-			return fmt.Errorf("local: reading new passphrase for key file %s: %w", path, err)
+			return nil, fmt.Errorf("local: reading new passphrase for key file %s: %w", path, err)
 		}
-		defer memguard.WipeBytes(pass)
 	}
-	return Create(path, pass)
+	if err := Create(path, pass); err != nil {
+		memguard.WipeBytes(pass)
+		return nil, err
+	}
+	return pass, nil
 }
 
 // readKeyFile checks the file's type, owner and mode and returns its

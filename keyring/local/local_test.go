@@ -285,7 +285,9 @@ func TestOpenCreate(t *testing.T) {
 		return []byte("pw"), nil
 	}
 	openT(t, sealed, keyring.Options{Create: true, Passphrase: ask})
-	want := []string{"new passphrase for local key " + sealed, "passphrase for local key " + sealed}
+	// The new file opens with the passphrase it was made with: no second
+	// question.
+	want := []string{"new passphrase for local key " + sealed}
 	if strings.Join(prompts, "|") != strings.Join(want, "|") {
 		t.Errorf("prompts = %q, want %q", prompts, want)
 	}
@@ -423,5 +425,16 @@ func TestCreateMatchesVectorForm(t *testing.T) {
 	}
 	if got, want := shape(data), shape(want); got != want {
 		t.Errorf("Create wrote %s, want the form %s", got, want)
+	}
+}
+
+// TestParseURIRedacts checks that a refused URI is not echoed with the
+// password a user put in it.
+func TestParseURIRedacts(t *testing.T) {
+	for _, uri := range []string{"local://user:Hunter2@/k", "local://user:Hunter2%zz@/k", "local:user:Hunter2@/k"} {
+		_, err := ParseURI(uri)
+		if !errors.Is(err, keyring.ErrBadURI) || strings.Contains(err.Error(), "Hunter2") {
+			t.Errorf("ParseURI(%q) = %v, want keyring.ErrBadURI without the password", uri, err)
+		}
 	}
 }

@@ -63,7 +63,7 @@ func Open(ctx context.Context, u *url.URL) (*Keyring, error) {
 		return nil, err
 	}
 	if strings.Contains(ku.Key, "/") {
-		return nil, fmt.Errorf("%s: %w: key %q: want a key ID", ku.Raw, keyring.ErrBadURI, ku.Key)
+		return nil, fmt.Errorf("%s: %w: key %q: want a key ID", keyring.RedactURI(ku.Raw), keyring.ErrBadURI, ku.Key)
 	}
 	k := &Keyring{uri: ku, policy: cloud.DefaultPolicy}
 	cred, err := k.credentials(ctx)
@@ -83,7 +83,7 @@ func Open(ctx context.Context, u *url.URL) (*Keyring, error) {
 	}
 	c, err := kms.NewClient(cred, ku.Region, cpf)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %v", ku.Raw, keyring.ErrBadURI, err)
+		return nil, fmt.Errorf("%s: %w: %v", keyring.RedactURI(ku.Raw), keyring.ErrBadURI, err)
 	}
 	c.WithHttpTransport(cloud.NewTransport())
 	k.client = c
