@@ -44,15 +44,12 @@ damaged configuration, 1 any other error (no such file, a directory).
 
 func runCat(args []string) int {
 	fl := flag.NewFlagSet("cat", flag.ContinueOnError)
-	var extra stringList
-	fl.Var(&extra, "key", "")
-	fl.Var(&extra, "k", "")
-	pf := fl.String("passphrase-file", "", "")
-	fl.StringVar(pf, "p", "", "")
+	extraP, pf := keyFlags(fl)
 	pos, code, ok := parseFlags(fl, args, catHelp)
 	if !ok {
 		return code
 	}
+	extra := *extraP
 	if len(pos) != 2 {
 		return usageError("cat takes CIPHERDIR and PATH, got %d arguments", len(pos))
 	}

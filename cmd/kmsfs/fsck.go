@@ -124,17 +124,14 @@ func runFsck(args []string) int {
 	fl := flag.NewFlagSet("fsck", flag.ContinueOnError)
 	asJSON := fl.Bool("json", false, "")
 	repair := fl.Bool("repair", false, "")
-	var extra stringList
-	fl.Var(&extra, "key", "")
-	fl.Var(&extra, "k", "")
-	pf := fl.String("passphrase-file", "", "")
-	fl.StringVar(pf, "p", "", "")
+	extraP, pf := keyFlags(fl)
 	quiet := fl.Bool("quiet", false, "")
 	fl.BoolVar(quiet, "q", false, "")
 	pos, code, ok := parseFlags(fl, args, fsckHelp)
 	if !ok {
 		return code
 	}
+	extra := *extraP
 	if len(pos) != 1 {
 		return usageError("fsck takes one volume directory")
 	}

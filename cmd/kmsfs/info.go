@@ -86,15 +86,12 @@ type infoReport struct {
 func runInfo(args []string) int {
 	fl := flag.NewFlagSet("info", flag.ContinueOnError)
 	asJSON := fl.Bool("json", false, "")
-	var extra stringList
-	fl.Var(&extra, "key", "")
-	fl.Var(&extra, "k", "")
-	pf := fl.String("passphrase-file", "", "")
-	fl.StringVar(pf, "p", "", "")
+	extraP, pf := keyFlags(fl)
 	pos, code, ok := parseFlags(fl, args, infoHelp)
 	if !ok {
 		return code
 	}
+	extra := *extraP
 	if len(pos) != 1 {
 		return usageError("info takes one volume directory")
 	}

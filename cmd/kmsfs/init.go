@@ -37,20 +37,17 @@ Options:
 
 func runInit(args []string) int {
 	fl := flag.NewFlagSet("init", flag.ContinueOnError)
-	var keys stringList
-	fl.Var(&keys, "key", "")
-	fl.Var(&keys, "k", "")
+	keysP, pf := keyFlags(fl)
 	bs := fl.Int("block-size", volume.DefaultBlockSize, "")
 	fl.IntVar(bs, "b", volume.DefaultBlockSize, "")
 	reuseFiles := fl.Int("reuse-files", volume.DefaultReuseFiles, "")
 	reuseSecs := fl.Int("reuse-seconds", volume.DefaultReuseSeconds, "")
 	strict := fl.Bool("one-key-per-file", false, "")
-	pf := fl.String("passphrase-file", "", "")
-	fl.StringVar(pf, "p", "", "")
 	pos, code, ok := parseFlags(fl, args, initHelp)
 	if !ok {
 		return code
 	}
+	keys := *keysP
 	if len(pos) != 1 {
 		return usageError("init takes one directory, got %d arguments", len(pos))
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"strings"
 
 	"github.com/kmsfs/kmsfs/keyring/local"
@@ -24,4 +25,15 @@ func checkKeyURIs(uris ...string) int {
 		}
 	}
 	return 0
+}
+
+// keyFlags adds the key options most commands share to fl: --key/-k
+// (repeatable) and --passphrase-file/-p.
+func keyFlags(fl *flag.FlagSet) (keys *stringList, passphraseFile *string) {
+	keys = new(stringList)
+	fl.Var(keys, "key", "")
+	fl.Var(keys, "k", "")
+	passphraseFile = fl.String("passphrase-file", "", "")
+	fl.StringVar(passphraseFile, "p", "", "")
+	return keys, passphraseFile
 }

@@ -80,17 +80,14 @@ func standaloneKeys(keys []string) ([]string, error) {
 
 func runEncrypt(args []string) int {
 	fl := flag.NewFlagSet("encrypt", flag.ContinueOnError)
-	var keys stringList
-	fl.Var(&keys, "key", "")
-	fl.Var(&keys, "k", "")
+	keysP, pf := keyFlags(fl)
 	bs := fl.Int("block-size", volume.DefaultBlockSize, "")
 	fl.IntVar(bs, "b", volume.DefaultBlockSize, "")
-	pf := fl.String("passphrase-file", "", "")
-	fl.StringVar(pf, "p", "", "")
 	pos, code, ok := parseFlags(fl, args, encryptHelp)
 	if !ok {
 		return code
 	}
+	keys := *keysP
 	if len(pos) != 2 {
 		return usageError("encrypt takes IN and OUT, got %d arguments", len(pos))
 	}
@@ -190,15 +187,12 @@ func encryptTo(ctx context.Context, s *volume.Standalone, r io.Reader, fd int, n
 
 func runDecrypt(args []string) int {
 	fl := flag.NewFlagSet("decrypt", flag.ContinueOnError)
-	var keys stringList
-	fl.Var(&keys, "key", "")
-	fl.Var(&keys, "k", "")
-	pf := fl.String("passphrase-file", "", "")
-	fl.StringVar(pf, "p", "", "")
+	keysP, pf := keyFlags(fl)
 	pos, code, ok := parseFlags(fl, args, decryptHelp)
 	if !ok {
 		return code
 	}
+	keys := *keysP
 	if len(pos) != 2 {
 		return usageError("decrypt takes IN and OUT, got %d arguments", len(pos))
 	}

@@ -48,17 +48,14 @@ Options:
 
 func runTrust(args []string) int {
 	fl := flag.NewFlagSet("trust", flag.ContinueOnError)
-	var keys stringList
-	fl.Var(&keys, "key", "")
-	fl.Var(&keys, "k", "")
+	keysP, pf := keyFlags(fl)
 	yes := fl.Bool("yes", false, "")
 	fl.BoolVar(yes, "y", false, "")
-	pf := fl.String("passphrase-file", "", "")
-	fl.StringVar(pf, "p", "", "")
 	pos, code, ok := parseFlags(fl, args, trustHelp)
 	if !ok {
 		return code
 	}
+	keys := *keysP
 	if len(pos) != 1 {
 		return usageError("trust takes one volume directory")
 	}
