@@ -10,6 +10,7 @@ import (
 	"log"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -88,6 +89,7 @@ type Journal struct {
 	// replayed, and while no key could be made (the key service is down);
 	// writes are then not journaled, and every keyRetry a write tries
 	// again.
+	kept    atomic.Int32 // slots holding a record kept for the next mount
 	keyMu   sync.RWMutex
 	key     Key
 	keys    Keyer
@@ -524,6 +526,12 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 	if j != nil && rel != "" && len(rel) <= maxJournPath && int64(len(data)) <= j.slotSize-journalHdr && f.key != nil {
 		jc = j.cipher()
 	}
+	if jc != nil && j.kept.Load() >= journalSlots-1 {
+		// All but one slot hold records kept for the next mount (writes
+		// that failed twice: a failing disk): write without the journal
+		// rather than wait for slots that never come back.
+		jc = nil
+	}
 	if jc == nil {
 		if end {
 			if err := syscall.Ftruncate(fd, off+int64(len(data))); err != nil {
@@ -546,7 +554,16 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 		cut = max(off+copyLen, st.Size)
 	}
 	slot := <-j.free
-	defer func() { j.free <- slot }()
+	keep := false // the record must survive for the next mount
+	defer func() {
+		if keep {
+			// Never reused while this mount runs: a later write would
+			// overwrite the record the next mount needs.
+			j.kept.Add(1)
+			return
+		}
+		j.free <- slot
+	}()
 	base := j.slotOffset(slot)
 	r := record{fileID: f.key.FileID(), ino: st.Ino, coff: off, length: int(copyLen), cut: cut, path: rel}
 	if copyLen > 0 {
@@ -580,6 +597,8 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 			rerr = syscall.Ftruncate(fd, cut)
 		}
 		if rerr != nil {
+			keep = true
+			j.log.Printf("kmsfs: write to %s failed part-way (%v) and could not be finished (%v): journal slot %d is kept for the next mount to replay", rel, err, rerr, slot)
 			return fmt.Errorf("%w (left in the write journal for the next mount: %v)", err, rerr)
 		}
 	}
