@@ -11,6 +11,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/local"
 )
 
 const initHelp = `Usage: kmsfs init [--key URI]... [--block-size N] [--reuse-files N] [--reuse-seconds S] [--one-key-per-file] [--passphrase-file F] CIPHERDIR
@@ -82,6 +83,14 @@ func runInit(args []string) int {
 		}
 		opts.Passphrase = passphraseSource(*pf)
 	}
+	// Which local key files exist before init: init says which it made.
+	existed := map[string]bool{}
+	for _, k := range keys {
+		if path, err := local.ParseURI(k); err == nil && strings.HasPrefix(k, "local:") {
+			_, serr := os.Stat(path)
+			existed[path] = serr == nil
+		}
+	}
 	res := keyring.NewResolver(newRegistry(), opts)
 	if *strict {
 		*reuseFiles = 1
@@ -96,6 +105,13 @@ func runInit(args []string) int {
 	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d, a data key serves up to %d files for %d s)\n", dir, cfg.VolumeID, cfg.BlockSize, cfg.ReuseFiles, cfg.ReuseSeconds)
 	for _, k := range cfg.Keys {
 		fmt.Printf("kmsfs: file keys wrapped under %s\n", keyring.RedactURI(k))
+	}
+	for path, was := range existed {
+		if was {
+			fmt.Printf("kmsfs: using the existing local key file %s: keep a backup of it; without it the files cannot be read\n", path)
+		} else {
+			fmt.Printf("kmsfs: created the local key file %s (mode 0600): back it up somewhere safe now; without it the files cannot be read\n", path)
+		}
 	}
 	fmt.Printf("kmsfs: mount it with: kmsfs mount %s MOUNTPOINT\n", dir)
 	return exitOK

@@ -149,17 +149,12 @@ func runRewrap(args []string) int {
 		return unusedPassphraseFile(*pf, "no key of the volume is protected by a passphrase")
 	}
 	mnt := mountPointOf(dir)
-	var last time.Time
+	// A bar on a terminal only: none in a pipe or a log file.
+	bar := newProgressBar("rewrap", *quiet)
 	progress := func(done, total int) {
-		if *quiet || (time.Since(last) < 100*time.Millisecond && done != total) {
-			return
-		}
-		last = time.Now()
-		const width = 30
-		n := width * done / max(total, 1)
-		fmt.Fprintf(os.Stderr, "\rkmsfs: rewrap [%s%s] %d/%d files", strings.Repeat("=", n), strings.Repeat(" ", width-n), done, total)
+		bar.show(int64(done), int64(total), fmt.Sprintf("%d/%d files", done, total))
 		if done == total {
-			fmt.Fprintln(os.Stderr)
+			bar.done()
 		}
 	}
 	var trustErr error

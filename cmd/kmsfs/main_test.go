@@ -226,3 +226,25 @@ func TestFlagErrorsUseTwoDashes(t *testing.T) {
 		})
 	}
 }
+
+// TestInitSaysKeyFile checks that init says whether it created the local
+// key file or used an existing one, and to back it up; and that rewrap
+// draws no progress bar into a pipe.
+func TestInitSaysKeyFile(t *testing.T) {
+	home := t.TempDir()
+	for i, want := range []string{"created the local key file", "using the existing local key file"} {
+		dir := filepath.Join(home, "v"+string(rune('0'+i)))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		code, stdout, stderr := kmsfs(t, home, "init", dir)
+		if code != 0 || !strings.Contains(stdout, want) || !strings.Contains(stdout, "back") {
+			t.Errorf("init #%d = exit %d, %q, %q; want exit 0 and %q with a word on backing it up", i+1, code, stdout, stderr, want)
+		}
+	}
+	second := "local://" + filepath.Join(home, "second.key")
+	code, _, stderr := kmsfs(t, home, "rewrap", "--add", second, filepath.Join(home, "v0"))
+	if code != 0 || strings.Contains(stderr, "[") {
+		t.Errorf("rewrap into a pipe = exit %d, stderr %q; want exit 0 and no progress bar", code, stderr)
+	}
+}
