@@ -41,7 +41,7 @@ type MountOptions struct {
 func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*Server, error) {
 	// Replays writes a crash interrupted, before anything is read.
 	maxData := cryptfile.JournalDataSize(v.Layout)
-	j, err := cryptfile.OpenJournal(context.Background(), v.Backing(), maxData, v, !o.ReadOnly, v.Log)
+	j, err := cryptfile.OpenJournal(context.Background(), v.Backing(), maxData, v.JournalKeys(), !o.ReadOnly, v.Log)
 	if err != nil {
 		if !o.ReadOnly {
 			return nil, fmt.Errorf("mount: %w", err)

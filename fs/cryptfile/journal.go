@@ -50,7 +50,7 @@ import (
 // header whose key (the journal key) seals every record, then the slots;
 // each record page holds a sealed record, each copy area the ciphertext
 // the record describes. A cleared slot holds zeros (its copy area is
-// deallocated), so no path or old ciphertext stays behind.
+// zeroed in place), so no path or old ciphertext stays behind.
 const (
 	// JournalName is the name of the journal file in the root of the
 	// backing directory; it is invisible through the mount.
@@ -306,13 +306,26 @@ func (j *Journal) startLocked(ctx context.Context, keys Keyer) error {
 	if err != nil {
 		return fmt.Errorf("write journal: a key for its records: %w", err)
 	}
-	if err := syscall.Ftruncate(j.fd, 0); err != nil {
-		k.Close()
-		return fmt.Errorf("write journal: %w", err)
-	}
+	// Rewritten in place, not truncated: the space the slots already have
+	// stays theirs, so that overwrites keep working on a full disk.
 	if err := pwriteFull(j.fd, hdr, 0); err != nil {
 		k.Close()
 		return fmt.Errorf("write journal: %w", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(j.fd, &st); err != nil {
+		k.Close()
+		return fmt.Errorf("write journal: %w", err)
+	}
+	for i := 0; i < journalSlots && j.slotOffset(i) < st.Size; i++ {
+		err := j.clear(i)
+		if err == nil {
+			err = j.clearCopy(i, min(j.slotSize-journalHdr, st.Size-j.slotOffset(i)-journalHdr))
+		}
+		if err != nil {
+			k.Close()
+			return err
+		}
 	}
 	j.key = k
 	return nil
@@ -419,15 +432,18 @@ func (j *Journal) clear(i int) error {
 	return nil
 }
 
-// clearCopy drops the first n bytes of slot i's copy area: deallocated
-// where the file system can, overwritten with zeros otherwise.
+// clearCopy zeroes the first n bytes of slot i's copy area: in place
+// where the file system can (its disk space stays allocated),
+// overwritten with zeros otherwise.
 func (j *Journal) clearCopy(i int, n int64) error {
 	if n <= 0 {
 		return nil
 	}
 	off := j.slotOffset(i) + journalHdr
 	n = (n + 4095) &^ 4095
-	err := unix.Fallocate(j.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	// Zeroed in place, not punched out: the slot keeps its disk space, so
+	// the next write through it needs none (a full disk).
+	err := unix.Fallocate(j.fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 	if err == nil {
 		return nil
 	}

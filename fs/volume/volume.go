@@ -648,6 +648,47 @@ func (v *Volume) New(ctx context.Context) ([]byte, cryptfile.Key, error) {
 	return hdr, fk, nil
 }
 
+// JournalKeys returns the Keyer of the volume's write journal: it loads
+// the journal's key like any file's, and each new journal key comes from
+// a data key of its own, neither shared with new files (whose data key
+// reuse it would otherwise extend) nor counted among them.
+func (v *Volume) JournalKeys() cryptfile.Keyer { return journalKeys{v} }
+
+// journalKeys is the Keyer JournalKeys returns.
+type journalKeys struct{ v *Volume }
+
+// Load reads and unlocks the journal's header.
+func (j journalKeys) Load(ctx context.Context, fd int, name func() string) (cryptfile.Key, error) {
+	return j.v.Load(ctx, fd, name)
+}
+
+// New returns a header and key under a fresh data key.
+func (j journalKeys) New(ctx context.Context) ([]byte, cryptfile.Key, error) {
+	v := j.v
+	v.cfgMu.RLock()
+	ks := v.keys
+	v.cfgMu.RUnlock()
+	k, err := ks.generate(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer k.destroy()
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, nil, err
+	}
+	hdr, err := header.New(v.shift, id, k.slots, k.dk.Bytes())
+	if err != nil {
+		return nil, nil, fmt.Errorf("journal header: %w", err)
+	}
+	fk, err := newFileKeysFrom(k.dk, id, v.Layout)
+	if err != nil {
+		return nil, nil, err
+	}
+	fk.volume = ks.volID
+	return hdr, fk, nil
+}
+
 // headerPool recycles the buffers headers are read into (Parse copies
 // what it keeps).
 var headerPool = sync.Pool{New: func() any { return new([header.Size]byte) }}
