@@ -63,6 +63,9 @@ func redactUserinfo(s string) string {
 			return s // no user information: "local:///a@b", "s://host:443/a@b"
 		}
 		at = strings.LastIndexByte(rest, '@')
+		if at < 0 {
+			return s // the '@' is before the scheme's ':': no user information
+		}
 	}
 	if at == 0 {
 		return s // "s://@host": nothing to hide

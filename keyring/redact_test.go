@@ -2,6 +2,7 @@ package keyring
 
 import (
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -100,4 +101,21 @@ func TestCheck(t *testing.T) {
 	if n := p.opensOf("stub://a/b"); n != 0 {
 		t.Errorf("Registry.Check opened the keyring %d times, want 0", n)
 	}
+}
+
+// FuzzRedactURI checks that RedactURI never panics, whatever it is
+// given, and that a password in the user information of a URI that
+// parses never survives it.
+func FuzzRedactURI(f *testing.F) {
+	for _, s := range []string{"alibaba-kms://user:pw@cn/k", "a\x00@::/b", "s://@h", "local:///a@b", "x:y:z@w?key=1#f", "@:", ":@"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out := RedactURI(s)
+		if u, err := url.Parse(s); err == nil && u.User != nil {
+			if pw, ok := u.User.Password(); ok && len(pw) >= 4 && strings.Contains(out, "@") && strings.Contains(out, ":"+pw+"@") {
+				t.Fatalf("RedactURI(%q) = %q, still holds the password %q", s, out, pw)
+			}
+		}
+	})
 }
