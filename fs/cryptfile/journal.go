@@ -619,15 +619,38 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 		}
 	}
 	// Clear the slot: the write is done, or failed without touching what
-	// existed. The record page first: a copy area cleared under a live
-	// record would fail the replay's hash check, not write zeros.
-	if cerr := j.clear(slot); cerr != nil && err == nil {
-		err = cerr
-	}
-	if cerr := j.clearCopy(slot, copyLen); cerr != nil && err == nil {
+	// existed. Only the record page's sealed bytes and the copy are not
+	// zero, and they lie next to each other: a small write clears both
+	// with one pwrite of zeros into pages the slot already has (no
+	// fallocate per write: on ext4 each one is a metadata change, and it
+	// cost 4 KiB random overwrites about a tenth of their speed).
+	if cerr := j.clearUsed(slot, copyLen); cerr != nil && err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// clearSmall is the largest copy clearUsed clears with a pwrite of zeros;
+// a larger one is zeroed in place with fallocate.
+const clearSmall = 128 << 10
+
+// clearUsed clears slot i after a write whose copy was copyLen bytes: the
+// record page and the copy.
+func (j *Journal) clearUsed(i int, copyLen int64) error {
+	if copyLen > clearSmall {
+		if err := j.clear(i); err != nil {
+			return err
+		}
+		return j.clearCopy(i, copyLen)
+	}
+	n := journalHdr + int(copyLen)
+	zero := getBuf(n)
+	defer putBuf(zero)
+	clear(*zero)
+	if err := pwriteFull(j.fd, *zero, j.slotOffset(i)); err != nil {
+		return fmt.Errorf("clearing write journal: %w", err)
+	}
+	return nil
 }
 
 // allocated reports whether [off, off+size) of the backing file, whose
