@@ -8,6 +8,15 @@ GO ?= go
 # crypto/tls, crypto/x509) of older 1.26 releases that govulncheck reports.
 export GOTOOLCHAIN := go1.26.10
 
+# Build and test with runtime/secret: key derivations and key expansions
+# then erase the stack, registers and heap they used (docs/SECURITY.md,
+# "Keys in memory"; "kmsfs version" says whether it is on).
+comma := ,
+ifeq ($(findstring runtimesecret,$(GOEXPERIMENT)),)
+GOEXPERIMENT := $(if $(GOEXPERIMENT),$(GOEXPERIMENT)$(comma))runtimesecret
+endif
+export GOEXPERIMENT
+
 # Never let a build or test rewrite go.mod/go.sum, and do not stamp VCS
 # information (a clone owned by another user makes git refuse to answer).
 ifeq ($(filter -mod=%,$(GOFLAGS)),)

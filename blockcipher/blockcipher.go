@@ -14,13 +14,14 @@
 package blockcipher
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
 	"sync"
+
+	"github.com/kmsfs/kmsfs/keyring/secmem"
 )
 
 // Sizes of the parts of a stored block.
@@ -72,8 +73,8 @@ type Cipher struct {
 }
 
 // New returns a Cipher for the file with the given 32-byte content key and
-// file ID. The Cipher keeps its own expanded copy of the key; the caller may
-// wipe contentKey afterwards.
+// file ID. The Cipher keeps its own expanded copy of the key, on the heap,
+// until Wipe; the caller may wipe contentKey afterwards.
 func New(contentKey []byte, fileID [FileIDSize]byte, l Layout) (*Cipher, error) {
 	if len(contentKey) != KeySize {
 		return nil, fmt.Errorf("blockcipher: content key is %d bytes, want %d", len(contentKey), KeySize)
@@ -81,18 +82,24 @@ func New(contentKey []byte, fileID [FileIDSize]byte, l Layout) (*Cipher, error) 
 	if err := l.check(); err != nil {
 		return nil, fmt.Errorf("blockcipher: layout: %w", err)
 	}
-	b, err := aes.NewCipher(contentKey)
+	aead, err := secmem.NewAESGCM(contentKey, true)
 	if err != nil {
-		return nil, fmt.Errorf("blockcipher: aes: %w", err)
-	}
-	aead, err := cipher.NewGCMWithRandomNonce(b)
-	if err != nil {
-		return nil, fmt.Errorf("blockcipher: gcm: %w", err)
+		return nil, fmt.Errorf("blockcipher: %w", err)
 	}
 	if aead.Overhead() != Overhead {
+		secmem.Wipe(aead)
 		return nil, fmt.Errorf("blockcipher: gcm overhead is %d bytes, want %d", aead.Overhead(), Overhead)
 	}
 	return &Cipher{aead: aead, fileID: fileID, l: l}, nil
+}
+
+// Wipe overwrites the Cipher's copy of the content key (the AES key
+// schedule and GHASH table) with zeros. The Cipher must not be used
+// afterwards, nor concurrently: a use panics.
+func (c *Cipher) Wipe() {
+	a := c.aead
+	c.aead = nil
+	secmem.Wipe(a)
 }
 
 // Layout returns the layout the Cipher was made with.

@@ -467,13 +467,9 @@ func New(blockShift uint8, fileID [FileIDSize]byte, slots []Slot, dataKey []byte
 		return nil, fmt.Errorf("header: new: block shift %d, want %d..%d", blockShift, MinBlockShift, MaxBlockShift)
 	}
 	h := &Header{Preamble: Preamble{Version: Version, BlockShift: blockShift, FileID: fileID}}
-	d, err := newDeriver(dataKey, fileID)
-	if err != nil {
-		return nil, fmt.Errorf("header: new: %w", err)
-	}
 	// Both copies are the same at sequence 1: seal one, use it twice.
 	c := &Copy{Seq: 1, Slots: cloneSlots(slots)}
-	if err := sealCopy(h.Preamble, c, d); err != nil {
+	if err := withDeriver(dataKey, fileID, func(d *deriver) error { return sealCopy(h.Preamble, c, d) }); err != nil {
 		return nil, fmt.Errorf("header: new: %w", err)
 	}
 	h.Copies[0], h.Copies[1] = c, c

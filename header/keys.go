@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"hash"
 	"sync"
+
+	"github.com/kmsfs/kmsfs/keyring/secmem"
 )
 
 // Purpose selects which key Derive produces from a data key.
@@ -51,16 +53,12 @@ func (p Purpose) String() string {
 
 // Derive writes the KeySize-byte key for purpose p, derived from the data
 // key and the file ID with HKDF-SHA256 (docs/FORMAT.md "Keys"), into dst.
-// dst and dataKey must be KeySize bytes. The PRK and output buffers are
-// wiped before it returns; the keyed HMAC states inside Go's crypto
-// cannot be (docs/SECURITY.md, "Keys in memory").
+// dst and dataKey must be KeySize bytes. Every intermediate value (the
+// PRK, the HMAC states, the output buffer) is wiped before it returns.
 func Derive(dst, dataKey []byte, fileID [FileIDSize]byte, p Purpose) error {
-	d, err := newDeriver(dataKey, fileID)
+	err := withDeriver(dataKey, fileID, func(d *deriver) error { return d.derive(dst, p) })
 	if err != nil {
 		return fmt.Errorf("header: derive %v: %w", p, err)
-	}
-	if err := d.derive(dst, p); err != nil {
-		return fmt.Errorf("header: derive: %w", err)
 	}
 	return nil
 }
@@ -73,17 +71,27 @@ type deriver struct {
 	h hash.Hash // HMAC-SHA256 keyed with the PRK
 }
 
-func newDeriver(dataKey []byte, fileID [FileIDSize]byte) (*deriver, error) {
+// withDeriver calls f with the deriver of dataKey and fileID, under
+// secmem.Do, and wipes the deriver's state when f returns.
+func withDeriver(dataKey []byte, fileID [FileIDSize]byte, f func(d *deriver) error) error {
 	if len(dataKey) != KeySize {
-		return nil, fmt.Errorf("data key is %d bytes, want %d", len(dataKey), KeySize)
+		return fmt.Errorf("data key is %d bytes, want %d", len(dataKey), KeySize)
 	}
-	// HKDF-Extract(salt = file ID, IKM = data key) = HMAC(salt, IKM).
-	var prk [sha256.Size]byte
-	defer clear(prk[:])
-	x := hmac.New(sha256.New, fileID[:])
-	x.Write(dataKey)
-	x.Sum(prk[:0])
-	return &deriver{h: hmac.New(sha256.New, prk[:])}, nil
+	var err error
+	secmem.Do(func() {
+		// HKDF-Extract(salt = file ID, IKM = data key) = HMAC(salt, IKM).
+		// The HMAC's inner digest buffers the data key: wipe it.
+		var prk [sha256.Size]byte
+		defer clear(prk[:])
+		x := hmac.New(sha256.New, fileID[:])
+		x.Write(dataKey)
+		x.Sum(prk[:0])
+		secmem.Wipe(x)
+		d := &deriver{h: hmac.New(sha256.New, prk[:])}
+		defer secmem.Wipe(d)
+		err = f(d)
+	})
+	return err
 }
 
 // expandSuffix ends the one-block HKDF-Expand input: the block counter.
@@ -126,6 +134,7 @@ func copyMAC(mac *[32]byte, p Preamble, c *Copy, d *deriver) error {
 		return err
 	}
 	h := hmac.New(sha256.New, mk[:])
+	defer secmem.Wipe(h)
 	pre := p.Marshal()
 	h.Write(pre[:])
 	h.Write(buf[:MACOffset])
@@ -137,11 +146,11 @@ func copyMAC(mac *[32]byte, p Preamble, c *Copy, d *deriver) error {
 // derived from dataKey and p.FileID, and the MAC over the preamble and the
 // first MACOffset bytes of the marshalled copy.
 func SealCopy(p Preamble, c *Copy, dataKey []byte) error {
-	d, err := newDeriver(dataKey, p.FileID)
+	err := withDeriver(dataKey, p.FileID, func(d *deriver) error { return sealCopy(p, c, d) })
 	if err != nil {
 		return fmt.Errorf("header: seal copy: %w", err)
 	}
-	return sealCopy(p, c, d)
+	return nil
 }
 
 func sealCopy(p Preamble, c *Copy, d *deriver) error {
@@ -168,10 +177,12 @@ func VerifyCopy(p Preamble, c *Copy, dataKey []byte) error {
 // spends one key derivation where VerifyCopy and Derive would spend two:
 // a reader calls it on every open.
 func UnlockCopy(p Preamble, c *Copy, dataKey, contentKey []byte) error {
-	d, err := newDeriver(dataKey, p.FileID)
-	if err != nil {
-		return fmt.Errorf("header: verify copy: %w", err)
-	}
+	return withDeriver(dataKey, p.FileID, func(d *deriver) error {
+		return unlockCopy(p, c, d, contentKey)
+	})
+}
+
+func unlockCopy(p Preamble, c *Copy, d *deriver, contentKey []byte) error {
 	var want [32]byte
 	if err := d.derive(want[:], Commitment); err != nil {
 		return fmt.Errorf("header: verify copy: %w", err)

@@ -62,6 +62,11 @@ var (
 	buildOnce sync.Once
 	// kmsfsBin is the path of the race-enabled kmsfs binary.
 	kmsfsBin string
+	// kmsfsPlainBin is the path of a kmsfs binary built as "make build"
+	// builds it, without the race detector (see requirePlainBinary).
+	kmsfsPlainBin string
+	plainOnce     sync.Once
+	plainErr      error
 	// buildErr is the error of building kmsfsBin, if any.
 	buildErr error
 
@@ -91,6 +96,7 @@ func testMain(m *testing.M) int {
 	oldTmp, hadTmp := os.LookupEnv("TMPDIR")
 	os.Setenv("TMPDIR", base)
 	kmsfsBin = filepath.Join(base, "bin", "kmsfs")
+	kmsfsPlainBin = filepath.Join(base, "bin", "plain", "kmsfs")
 
 	code := m.Run()
 
@@ -135,6 +141,34 @@ func requireBinary(t testing.TB) {
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
+	}
+}
+
+// requirePlainBinary builds kmsfsPlainBin once: kmsfs as "make build"
+// builds it, with GOEXPERIMENT=runtimesecret (unless the environment
+// sets GOEXPERIMENT) and without the race detector, whose shadow memory
+// would make a scan of the daemon's memory (TestKeysInMemory) read
+// terabytes.
+func requirePlainBinary(t testing.TB) {
+	t.Helper()
+	plainOnce.Do(func() {
+		root, err := filepath.Abs("..")
+		if err != nil {
+			plainErr = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", kmsfsPlainBin, "./cmd/kmsfs")
+		cmd.Dir = root
+		cmd.Env = os.Environ()
+		if os.Getenv("GOEXPERIMENT") == "" {
+			cmd.Env = append(cmd.Env, "GOEXPERIMENT=runtimesecret")
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			plainErr = fmt.Errorf("go build ./cmd/kmsfs: %v\n%s", err, out)
+		}
+	})
+	if plainErr != nil {
+		t.Fatal(plainErr)
 	}
 }
 
@@ -241,6 +275,7 @@ type volumeOptions struct {
 	mountArgs []string
 	noMount   bool
 	tmpfs     bool
+	plain     bool
 }
 
 // volumeOption changes one volumeOptions field.
@@ -254,6 +289,12 @@ func withBlockSize(n int) volumeOption {
 // withInitArgs adds arguments to "kmsfs init".
 func withInitArgs(args ...string) volumeOption {
 	return func(o *volumeOptions) { o.initArgs = append(o.initArgs, args...) }
+}
+
+// withPlainBinary runs the volume's commands and daemon with the binary
+// "make build" makes (no race detector; see requirePlainBinary).
+func withPlainBinary() volumeOption {
+	return func(o *volumeOptions) { o.plain = true }
 }
 
 // withMountArgs adds arguments to every "kmsfs mount" of the volume.
@@ -286,6 +327,7 @@ type volume struct {
 	raceDir   string // where race-enabled kmsfs processes write reports
 	blockSize int
 	mountArgs []string
+	bin       string // the kmsfs binary of the volume's commands
 
 	mounted bool
 	daemons []int // process IDs of the daemon serving the mount
@@ -313,6 +355,11 @@ func newVolume(t *testing.T, opts ...volumeOption) *volume {
 		raceDir:   filepath.Join(dir, "race"),
 		blockSize: o.blockSize,
 		mountArgs: o.mountArgs,
+		bin:       kmsfsBin,
+	}
+	if o.plain {
+		requirePlainBinary(t)
+		v.bin = kmsfsPlainBin
 	}
 	v.keyURI = "local://" + v.keyPath
 	for _, d := range []string{v.cipherDir, v.mnt, v.home, filepath.Dir(v.keyPath), v.raceDir} {
@@ -378,7 +425,7 @@ func (v *volume) env() []string {
 
 // kmsfs runs the kmsfs binary with the volume's environment.
 func (v *volume) kmsfs(args ...string) result {
-	return runCommand(v.env(), v.dir, kmsfsBin, args...)
+	return runCommand(v.env(), v.dir, v.bin, args...)
 }
 
 // path returns the path of name inside the mount.
@@ -625,7 +672,7 @@ func kmsfsProcesses() map[int][]string {
 			continue
 		}
 		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if err != nil || strings.TrimSuffix(exe, " (deleted)") != kmsfsBin {
+		if exe = strings.TrimSuffix(exe, " (deleted)"); err != nil || exe != kmsfsBin && exe != kmsfsPlainBin {
 			continue
 		}
 		if exited(pid) {

@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"github.com/awnumar/memguard"
+
+	"github.com/kmsfs/kmsfs/keyring/secmem"
 )
 
 // version and commit name the release and the commit kmsfs was built
@@ -128,7 +130,18 @@ func runVersion(args []string) int {
 		}
 	}
 	fmt.Printf("kmsfs %s (commit %s, format version 1)\n", v, c)
+	// Whether key derivations run under runtime/secret (the Makefile
+	// builds with GOEXPERIMENT=runtimesecret; docs/SECURITY.md).
+	fmt.Printf("runtime/secret: %s\n", onOff(secmem.Erasing))
 	return exitOK
+}
+
+// onOff returns "on" or "off".
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // errorf prints "kmsfs: error: ..." and returns code.

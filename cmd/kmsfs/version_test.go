@@ -4,7 +4,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/kmsfs/kmsfs/keyring/secmem"
 )
+
+// secretLine is the second line of "kmsfs version": go build passes the
+// GOEXPERIMENT this test was built with on to the binary it builds.
+var secretLine = "runtime/secret: " + onOff(secmem.Erasing) + "\n"
 
 // TestVersion builds kmsfs the way the Makefile does and the way a plain
 // "go build" does, and checks what "kmsfs version" says.
@@ -14,8 +20,8 @@ func TestVersion(t *testing.T) {
 		flags []string
 		want  string
 	}{
-		{"make", []string{"-ldflags", "-X main.version=1.2.3 -X main.commit=abc1234"}, "kmsfs 1.2.3 (commit abc1234, format version 1)\n"},
-		{"go build", nil, "kmsfs dev (commit unknown, format version 1)\n"},
+		{"make", []string{"-ldflags", "-X main.version=1.2.3 -X main.commit=abc1234"}, "kmsfs 1.2.3 (commit abc1234, format version 1)\n" + secretLine},
+		{"go build", nil, "kmsfs dev (commit unknown, format version 1)\n" + secretLine},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -602,7 +602,10 @@ func (fk *fileKeys) destroy() {
 	}
 	fk.ck.Destroy()
 	fk.ck = nil
-	fk.cipher = nil
+	if fk.cipher != nil {
+		fk.cipher.Wipe()
+		fk.cipher = nil
+	}
 }
 
 func newFileKeysFrom(dk *keyring.Key, fileID [16]byte, l blockcipher.Layout) (*fileKeys, error) {

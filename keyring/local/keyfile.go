@@ -2,7 +2,6 @@ package local
 
 import (
 	"bytes"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/rand"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/crypto/scrypt"
 
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/secmem"
 )
 
 // Key file constants, from docs/FORMAT.md ("Local keyring key file").
@@ -396,9 +396,8 @@ func (s *scanner) object(member func(name string) error) error {
 // keyIDOf returns the key ID of a master key: the first 8 bytes of
 // HMAC-SHA256(master key, "kmsfs local key id").
 func keyIDOf(master []byte) [KeyIDSize]byte {
-	// hmac.New keeps key-derived pads on the heap until collected; the
-	// standard library offers no way to wipe them.
 	m := hmac.New(sha256.New, master)
+	defer secmem.Wipe(m)
 	m.Write([]byte(keyIDLabel))
 	sum := m.Sum(nil)
 	var id [KeyIDSize]byte
@@ -406,14 +405,10 @@ func keyIDOf(master []byte) [KeyIDSize]byte {
 	return id
 }
 
-// newSealAEAD returns AES-256-GCM under a passphrase-derived KEK. The
-// cipher copies kek onto the heap; it lives only for one seal or unseal.
+// newSealAEAD returns AES-256-GCM under a passphrase-derived KEK; the
+// caller wipes it (secmem.Wipe) after its one seal or unseal.
 func newSealAEAD(kek []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(kek)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
+	return secmem.NewAESGCM(kek, false)
 }
 
 // deriveKEK returns scrypt(passphrase, salt, n, r, p, 32). The caller
@@ -437,6 +432,7 @@ func unseal(f *keyFile, passphrase []byte) (*keyring.Key, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer secmem.Wipe(aead)
 	master, err := keyring.NewKey()
 	if err != nil {
 		return nil, err
@@ -481,6 +477,7 @@ func marshalKeyFile(master *keyring.Key, passphrase []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer secmem.Wipe(aead)
 	sealed := make([]byte, nonceSize, sealedSize)
 	if _, err := rand.Read(sealed); err != nil {
 		return nil, fmt.Errorf("reading random nonce: %w", err)

@@ -8,19 +8,16 @@
 // keyring.Registry.
 //
 // The master key and the key-wrapping key derived from it live in locked
-// memory (keyring.Key) for the life of a Keyring. Two copies escape it and
-// cannot be wiped: the AES key schedule inside the keyring's one
-// cipher.AEAD, and the HMAC pads used briefly to derive keys.
+// memory (keyring.Key) for the life of a Keyring and nowhere else between
+// calls: the AES-GCM state a wrap or unwrap needs, and the HMAC state of a
+// derivation, are made for the call and wiped after it (keyring/secmem).
 package local
 
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -35,6 +32,7 @@ import (
 	"github.com/awnumar/memguard"
 
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/secmem"
 )
 
 // Scheme is the URI scheme of the local keyring.
@@ -128,10 +126,6 @@ type Keyring struct {
 	mu     sync.RWMutex
 	master *keyring.Key // nil after Close
 	kek    *keyring.Key // KEK' = HKDF(master, "", "kmsfs local wrap v1", 32)
-	// aead is AES-256-GCM under kek. Go's AES copies the key and its
-	// schedule onto the heap, beyond our reach, so each Keyring builds
-	// exactly one AEAD and keeps it rather than one per call.
-	aead cipher.AEAD
 }
 
 var (
@@ -351,23 +345,33 @@ func readKeyFile(path string) ([]byte, error) {
 
 // newKeyring derives KEK' from master and returns a keyring owning master.
 func newKeyring(path string, master *keyring.Key) (*Keyring, error) {
-	b, err := hkdf.Key(sha256.New, master.Bytes(), nil, wrapInfo, keyring.DataKeySize)
-	if err != nil {
-		return nil, fmt.Errorf("deriving wrapping key: %w", err)
-	}
-	kek, err := keyring.NewKeyFrom(b) // wipes b
+	kek, err := keyring.NewKey()
 	if err != nil {
 		return nil, err
 	}
-	block, err := aes.NewCipher(kek.Bytes())
-	if err == nil {
-		var aead cipher.AEAD
-		if aead, err = cipher.NewGCM(block); err == nil {
-			return &Keyring{path: path, keyID: keyIDOf(master.Bytes()), master: master, kek: kek, aead: aead}, nil
-		}
+	if err := secmem.HKDF(kek.Bytes(), master.Bytes(), nil, wrapInfo); err != nil {
+		kek.Destroy()
+		return nil, fmt.Errorf("deriving wrapping key: %w", err)
 	}
-	kek.Destroy()
-	return nil, fmt.Errorf("creating wrapping cipher: %w", err)
+	return &Keyring{path: path, keyID: keyIDOf(master.Bytes()), master: master, kek: kek}, nil
+}
+
+// withAEAD calls f with AES-256-GCM under KEK'. The AEAD, whose AES and
+// GHASH state would otherwise hold the wrapping key on the heap, is made
+// for the call and wiped after it: the wrapping key lives only in locked
+// memory between calls.
+func (k *Keyring) withAEAD(f func(aead cipher.AEAD) error) error {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.kek == nil {
+		return ErrClosed
+	}
+	aead, err := secmem.NewAESGCM(k.kek.Bytes(), false)
+	if err != nil {
+		return err
+	}
+	defer secmem.Wipe(aead)
+	return f(aead)
 }
 
 // URI returns the key URI of the keyring, local:///PATH.
@@ -387,7 +391,7 @@ func (k *Keyring) Close() error {
 	defer k.mu.Unlock()
 	k.master.Destroy()
 	k.kek.Destroy()
-	k.master, k.kek, k.aead = nil, nil, nil
+	k.master, k.kek = nil, nil
 	return nil
 }
 
@@ -419,11 +423,6 @@ func (k *Keyring) Wrap(ctx context.Context, dk *keyring.Key, encCtx []byte) ([]b
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("local: wrapping key: %w", err)
 	}
-	k.mu.RLock()
-	defer k.mu.RUnlock()
-	if k.aead == nil {
-		return nil, fmt.Errorf("local: wrapping key with %s: %w", k.path, ErrClosed)
-	}
 	out := make([]byte, 1+KeyIDSize+nonceSize, WrappedSize)
 	out[0] = wrapVersion
 	copy(out[1:], k.keyID[:])
@@ -431,7 +430,14 @@ func (k *Keyring) Wrap(ctx context.Context, dk *keyring.Key, encCtx []byte) ([]b
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, fmt.Errorf("local: wrapping key: reading random nonce: %w", err)
 	}
-	return k.aead.Seal(out, nonce, dk.Bytes(), wrapAD(encCtx)), nil
+	err := k.withAEAD(func(aead cipher.AEAD) error {
+		out = aead.Seal(out, nonce, dk.Bytes(), wrapAD(encCtx))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("local: wrapping key with %s: %w", k.path, err)
+	}
+	return out, nil
 }
 
 // Unwrap returns the data key inside wrapped. Errors for a blob that is
@@ -450,21 +456,23 @@ func (k *Keyring) Unwrap(ctx context.Context, wrapped, encCtx []byte) (*keyring.
 	if id := wrapped[1 : 1+KeyIDSize]; string(id) != string(k.keyID[:]) {
 		return nil, fmt.Errorf("local: key was wrapped by a different local key (key_id %x), not by %s (key_id %x): %w", id, k.path, k.keyID, keyring.ErrUnwrap)
 	}
-	k.mu.RLock()
-	defer k.mu.RUnlock()
-	if k.aead == nil {
-		return nil, fmt.Errorf("local: unwrapping key with %s: %w", k.path, ErrClosed)
-	}
 	dk, err := keyring.NewKey()
 	if err != nil {
 		return nil, fmt.Errorf("local: unwrapping key: %w", err)
 	}
 	nonce := wrapped[1+KeyIDSize : 1+KeyIDSize+nonceSize]
-	// Open decrypts straight into locked memory: dk's slice has exactly
-	// the capacity of the plaintext, so nothing lands on the heap.
-	if _, err := k.aead.Open(dk.Bytes()[:0], nonce, wrapped[1+KeyIDSize+nonceSize:], wrapAD(encCtx)); err != nil {
+	err = k.withAEAD(func(aead cipher.AEAD) error {
+		// Open decrypts straight into locked memory: dk's slice has
+		// exactly the capacity of the plaintext, so nothing lands on the
+		// heap.
+		if _, err := aead.Open(dk.Bytes()[:0], nonce, wrapped[1+KeyIDSize+nonceSize:], wrapAD(encCtx)); err != nil {
+			return fmt.Errorf("key_id %x: %w", k.keyID, keyring.ErrUnwrap)
+		}
+		return nil
+	})
+	if err != nil {
 		dk.Destroy()
-		return nil, fmt.Errorf("local: unwrapping key with %s (key_id %x): %w", k.path, k.keyID, keyring.ErrUnwrap)
+		return nil, fmt.Errorf("local: unwrapping key with %s: %w", k.path, err)
 	}
 	return dk, nil
 }
