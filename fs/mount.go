@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -54,6 +55,14 @@ func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*Server, error)
 		j.Close()
 		j = nil
 	}
+	if o.ReadOnly {
+		if pending, _ := cryptfile.PendingReencrypt(v.Backing()); pending {
+			v.Log.Printf("kmsfs: a re-encryption was interrupted by a crash: a file may read as damaged until a read-write mount finishes it")
+		}
+	} else if err := cryptfile.ReplayReencrypt(v.Backing(), v.Log); err != nil {
+		j.Close()
+		return nil, fmt.Errorf("mount: %w", err)
+	}
 	root, err := NewRoot(v, &cryptfile.Config{Layout: v.Layout, Keys: v, Journal: j})
 	if err != nil {
 		j.Close()
@@ -89,7 +98,7 @@ func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*Server, error)
 	} else if err := SetReadahead(mountpoint, ReadaheadKB); err != nil {
 		v.Log.Printf("kmsfs: %v (reads stay in the kernel's default request size)", err)
 	}
-	return &Server{Server: srv, journal: j}, nil
+	return &Server{Server: srv, journal: j, root: root, readOnly: o.ReadOnly}, nil
 }
 
 // Server is a running mount: go-fuse's server, and the write journal the
@@ -98,6 +107,52 @@ type Server struct {
 	*fuse.Server
 	journal *cryptfile.Journal
 	once    sync.Once
+
+	root     *Node
+	readOnly bool
+	// reencMu lets one re-encryption run at a time (they share the copy
+	// in the backing root).
+	reencMu sync.Mutex
+}
+
+// Reencrypt re-encrypts the regular file at rel (a path relative to the
+// mount point) under a new data key (cryptfile.File.Reencrypt) and
+// returns its size. The caller must hold the file open, or a descriptor
+// of it (O_PATH will do), so that the kernel keeps it known to the mount.
+func (s *Server) Reencrypt(ctx context.Context, rel string) (int64, error) {
+	if s.readOnly {
+		return 0, fmt.Errorf("%s: %w (read-only mount)", rel, syscall.EROFS)
+	}
+	n := s.root
+	for _, c := range strings.Split(rel, "/") {
+		if c == "" || c == "." {
+			continue
+		}
+		if c == ".." || n.hidden(c) {
+			return 0, fmt.Errorf("%s: %w", rel, syscall.EINVAL)
+		}
+		ch := n.GetChild(c)
+		if ch == nil {
+			return 0, fmt.Errorf("%s: not known to the mount (open it, or a descriptor of it, while asking): %w", rel, syscall.ENOENT)
+		}
+		n = ch.Operations().(*Node)
+	}
+	if n.file == nil {
+		return 0, fmt.Errorf("%s: not a regular file: %w", rel, syscall.EINVAL)
+	}
+	fd, err := n.openBacking(syscall.O_RDWR)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", rel, err)
+	}
+	defer syscall.Close(fd)
+	s.reencMu.Lock()
+	defer s.reencMu.Unlock()
+	size, err := n.file.Reencrypt(ctx, fd, n.t.dir)
+	if err != nil {
+		n.t.vol.Log.Printf("kmsfs: %s: re-encryption failed: %v", n.name(), err)
+		return 0, fmt.Errorf("%s: %w", rel, err)
+	}
+	return size, nil
 }
 
 // Wait returns once the file system is unmounted and the write journal is

@@ -50,6 +50,7 @@ func init() {
 	commands["version"] = runVersion
 	commands["stats"] = runStats
 	commands["rewrap"] = runRewrap
+	commands["reencrypt"] = runReencrypt
 }
 
 const usage = `kmsfs: an encrypted directory whose file keys are held by a KMS
@@ -60,6 +61,7 @@ Usage:
     kmsfs umount MOUNTPOINT
     kmsfs stats MOUNTPOINT
     kmsfs rewrap [--add URI]... [--remove URI]... CIPHERDIR
+    kmsfs reencrypt [--restart] MOUNTPOINT [PATH]...
     kmsfs trust [--yes] [--key URI]... CIPHERDIR
     kmsfs passwd [--key URI] [--passphrase-file OLD] [--new-passphrase-file NEW | --remove]
     kmsfs info [--json] CIPHERDIR

@@ -203,7 +203,7 @@ func runMount(args []string) int {
 	if err != nil {
 		return ready(exitMount, err.Error())
 	}
-	if ctl, err := control.Serve(controlled{vol}, mnt); err != nil {
+	if ctl, err := control.Serve(controlled{vol, srv}, mnt); err != nil {
 		logger.Printf("kmsfs: %v (kmsfs stats and rewrap reloads will not reach this mount)", err)
 	} else {
 		defer ctl.Close()
@@ -504,7 +504,15 @@ func mountTypeOf(mnt string) string {
 }
 
 // controlled is a mounted volume as the control socket serves it.
-type controlled struct{ *volume.Volume }
+type controlled struct {
+	*volume.Volume
+	srv *fs.Server
+}
+
+// Reencrypt re-encrypts one file of the mount (fs.Server.Reencrypt).
+func (c controlled) Reencrypt(ctx context.Context, path string) (int64, error) {
+	return c.srv.Reencrypt(ctx, path)
+}
 
 // Reload reads the volume's trust record, which "kmsfs rewrap" updates
 // before it asks for the reload, and then the configuration.

@@ -30,6 +30,9 @@ type Server interface {
 	Reload(ctx context.Context) error
 	// Keys returns the key URIs new files are wrapped under.
 	Keys() []string
+	// Reencrypt re-encrypts the regular file at path (relative to the
+	// mount point) under a new data key and returns its size.
+	Reencrypt(ctx context.Context, path string) (int64, error)
 }
 
 // The socket is an abstract Unix socket named after the mount point; only
@@ -106,6 +109,9 @@ func peerAllowed(fd int) bool {
 	return err == nil && (cred.Uid == 0 || int(cred.Uid) == os.Getuid())
 }
 
+// maxRequest bounds a request line: a path of PATH_MAX bytes, escaped.
+const maxRequest = 64 << 10
+
 // controlTimeout bounds each read and write of a control connection.
 const controlTimeout = 2 * time.Minute
 
@@ -119,7 +125,7 @@ func serveConn(v Server, fd int) {
 	// Read the request first, also from a peer that is refused: closing a
 	// socket with unread data resets the connection, and the client would
 	// see "connection reset" instead of the refusal.
-	line, err := bufio.NewReader(io.LimitReader(c, 256)).ReadString('\n')
+	line, err := bufio.NewReader(io.LimitReader(c, maxRequest)).ReadString('\n')
 	if !peerAllowed(fd) {
 		fmt.Fprintln(c, `{"error":"permission denied: only the user running this mount, or root, may use it"}`)
 		return
@@ -128,7 +134,20 @@ func serveConn(v Server, fd int) {
 		return
 	}
 	var out any
-	switch strings.TrimSpace(line) {
+	line = strings.TrimSpace(line)
+	if arg, ok := strings.CutPrefix(line, "reencrypt "); ok {
+		var path string
+		if err := json.Unmarshal([]byte(arg), &path); err != nil {
+			out = map[string]string{"error": "reencrypt: bad path"}
+		} else if size, err := v.Reencrypt(context.Background(), path); err != nil {
+			out = map[string]string{"error": err.Error()}
+		} else {
+			out = map[string]any{"ok": true, "size": size}
+		}
+		json.NewEncoder(c).Encode(out)
+		return
+	}
+	switch line {
 	case "stats":
 		out = v.Stats()
 	case "reload":
@@ -144,6 +163,13 @@ func serveConn(v Server, fd int) {
 		out = map[string]string{"error": "unknown request"}
 	}
 	json.NewEncoder(c).Encode(out)
+}
+
+// ReencryptRequest is the request that re-encrypts the file at path
+// (relative to the mount point); the answer is {"ok":true,"size":N}.
+func ReencryptRequest(path string) string {
+	b, _ := json.Marshal(path)
+	return "reencrypt " + string(b)
 }
 
 // ErrNoServer means no kmsfs server answers for the mount point.
@@ -179,6 +205,12 @@ func checkServer(c *net.UnixConn) error {
 // Request sends a request ("stats" or "reload") to the server of
 // mountpoint and returns its JSON answer.
 func Request(mountpoint, request string) ([]byte, error) {
+	return RequestWait(mountpoint, request, 2*time.Minute)
+}
+
+// RequestWait is Request that waits up to timeout for the answer (a
+// re-encryption takes as long as its file is large).
+func RequestWait(mountpoint, request string, timeout time.Duration) ([]byte, error) {
 	c, err := net.DialTimeout("unix", controlAddr(mountpoint), 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", mountpoint, ErrNoServer)
@@ -189,7 +221,7 @@ func Request(mountpoint, request string) ([]byte, error) {
 	if err := checkServer(c.(*net.UnixConn)); err != nil {
 		return nil, fmt.Errorf("%s: %w", mountpoint, err)
 	}
-	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	c.SetDeadline(time.Now().Add(timeout))
 	if _, err := fmt.Fprintln(c, request); err != nil {
 		return nil, err
 	}

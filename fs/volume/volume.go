@@ -70,7 +70,8 @@ var (
 // is one of kmsfs's own files: the configuration, its temporary copy
 // and the write journal. They are invisible through the mount.
 func Internal(name string) bool {
-	return name == ConfigName || name == ConfigName+".tmp" || name == cryptfile.JournalName
+	return name == ConfigName || name == ConfigName+".tmp" || name == cryptfile.JournalName ||
+		strings.HasPrefix(name, cryptfile.ReencryptPrefix)
 }
 
 // Config is the plaintext of the volume configuration (docs/FORMAT.md).
