@@ -147,6 +147,12 @@ func runReencrypt(args []string) int {
 		}
 	}
 
+	// Re-encrypted files must not share a data key with any file from
+	// before the run (new files share one; see docs/KEYS.md).
+	if _, err := control.Request(mnt, "rotate"); err != nil {
+		return errorf(exitError, "%v", err)
+	}
+
 	// Count what there is to do, for the progress bar.
 	var totalFiles, totalBytes int64
 	for _, s := range scope {
@@ -173,11 +179,16 @@ func runReencrypt(args []string) int {
 	var failures []string
 	interrupted := false
 
+	// A file of several hard links is done once per run.
+	linked := map[uint64]bool{}
 	one := func(rel string) {
-		size, err := reencryptOne(mnt, rel)
+		size, did, err := reencryptOne(mnt, rel, linked)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "\r\033[Kkmsfs: %s: %v\n", rel, err)
 			failures = append(failures, rel)
+			return
+		}
+		if !did {
 			return
 		}
 		files++
@@ -259,32 +270,37 @@ func runReencrypt(args []string) int {
 }
 
 // reencryptOne asks the server of mnt to re-encrypt the file at rel,
-// holding a descriptor of it meanwhile so that the mount knows it.
-func reencryptOne(mnt, rel string) (int64, error) {
+// holding a descriptor of it meanwhile so that the mount knows it. It
+// reports whether there was a file to do: not one removed since, nor
+// another link of one done already.
+func reencryptOne(mnt, rel string, linked map[uint64]bool) (int64, bool, error) {
 	fd, err := unix.Open(filepath.Join(mnt, rel), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return 0, nil // removed since: nothing to protect
+			return 0, false, nil // removed since: nothing to protect
 		}
-		return 0, err
+		return 0, false, err
 	}
 	defer unix.Close(fd)
 	var s unix.Stat_t
 	if err := unix.Fstat(fd, &s); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	if s.Mode&unix.S_IFMT != unix.S_IFREG {
-		return 0, nil
+	if s.Mode&unix.S_IFMT != unix.S_IFREG || linked[s.Ino] {
+		return 0, false, nil
+	}
+	if s.Nlink > 1 {
+		linked[s.Ino] = true
 	}
 	b, err := control.RequestWait(mnt, control.ReencryptRequest(rel), 24*time.Hour)
 	if err != nil {
-		return 0, errors.New(strings.TrimPrefix(err.Error(), mnt+": "))
+		return 0, false, errors.New(strings.TrimPrefix(err.Error(), mnt+": "))
 	}
 	var r struct {
 		Size int64 `json:"size"`
 	}
 	if err := json.Unmarshal(b, &r); err != nil {
-		return 0, fmt.Errorf("the server's answer: %w", err)
+		return 0, false, fmt.Errorf("the server's answer: %w", err)
 	}
-	return r.Size, nil
+	return r.Size, true, nil
 }

@@ -30,6 +30,8 @@ type Server interface {
 	Reload(ctx context.Context) error
 	// Keys returns the key URIs new files are wrapped under.
 	Keys() []string
+	// RotateNewFileKeys makes the next new file's data key a fresh one.
+	RotateNewFileKeys()
 	// Reencrypt re-encrypts the regular file at path (relative to the
 	// mount point) under a new data key and returns its size.
 	Reencrypt(ctx context.Context, path string) (int64, error)
@@ -150,6 +152,9 @@ func serveConn(v Server, fd int) {
 	switch line {
 	case "stats":
 		out = v.Stats()
+	case "rotate":
+		v.RotateNewFileKeys()
+		out = map[string]any{"ok": true}
 	case "reload":
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		err := v.Reload(ctx)

@@ -652,6 +652,16 @@ func (v *Volume) New(ctx context.Context) ([]byte, cryptfile.Key, error) {
 	return hdr, fk, nil
 }
 
+// RotateNewFileKeys drops the data key new files share and those fetched
+// ahead: the next new file (or re-encrypted one) gets a data key no file
+// had before. kmsfs reencrypt calls it as a run starts.
+func (v *Volume) RotateNewFileKeys() {
+	v.cfgMu.RLock()
+	ks := v.keys
+	v.cfgMu.RUnlock()
+	ks.reset()
+}
+
 // JournalKeys returns the Keyer of the volume's write journal: it loads
 // the journal's key like any file's, and each new journal key comes from
 // a data key of its own, neither shared with new files (whose data key
