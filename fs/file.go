@@ -32,6 +32,7 @@ var (
 	_ gofs.FileFsyncer   = (*File)(nil)
 	_ gofs.FileReleaser  = (*File)(nil)
 	_ gofs.FileAllocater = (*File)(nil)
+	_ gofs.FileLseeker   = (*File)(nil)
 	_ gofs.FileGetlker   = (*File)(nil)
 	_ gofs.FileSetlker   = (*File)(nil)
 	_ gofs.FileSetlkwer  = (*File)(nil)
@@ -87,9 +88,27 @@ func (f *File) Release(ctx context.Context) syscall.Errno {
 	return gofs.ToErrno(f.h.Close())
 }
 
-// Allocate supports mode 0 (reserve and extend) and FALLOC_FL_KEEP_SIZE.
+// Allocate is fallocate(2): reserving space, punching holes and zeroing
+// ranges (cryptfile.Handle.Allocate).
 func (f *File) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
-	return f.n.errno("fallocate", f.h.Allocate(ctx, int64(off), int64(size), mode))
+	err := f.h.Allocate(ctx, int64(off), int64(size), mode)
+	if errors.Is(err, syscall.EOPNOTSUPP) {
+		return syscall.EOPNOTSUPP // an answer, not a failure to log
+	}
+	return f.n.errno("fallocate", err)
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE (the kernel handles the other
+// whences itself).
+func (f *File) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	pos, err := f.h.Seek(int64(off), int(whence))
+	if en, ok := err.(syscall.Errno); ok && (en == syscall.ENXIO || en == syscall.EINVAL) {
+		return 0, en
+	}
+	if err != nil {
+		return 0, f.n.errno("lseek", err)
+	}
+	return uint64(pos), 0
 }
 
 // Getlk tests for a POSIX lock (open file description locks on the

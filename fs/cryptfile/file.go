@@ -342,15 +342,29 @@ func (h *Handle) Sync(dataOnly bool) error {
 	return syscall.Fsync(h.fd)
 }
 
-// Allocate supports mode 0 (reserve and extend) and FALLOC_FL_KEEP_SIZE;
-// other modes answer EOPNOTSUPP.
+// Allocate is fallocate(2) of the plaintext: mode 0 (reserve and extend)
+// and FALLOC_FL_KEEP_SIZE reserve backing space; FALLOC_FL_PUNCH_HOLE
+// (with FALLOC_FL_KEEP_SIZE, as Linux requires) and FALLOC_FL_ZERO_RANGE
+// (extending the file unless with FALLOC_FL_KEEP_SIZE) make the range
+// read as zeros: whole blocks become holes, partial blocks are
+// re-encrypted with zeros. Other modes answer EOPNOTSUPP.
 func (h *Handle) Allocate(ctx context.Context, off, size int64, mode uint32) error {
-	if mode&^unix.FALLOC_FL_KEEP_SIZE != 0 {
-		return syscall.EOPNOTSUPP
-	}
 	if off < 0 || size <= 0 {
 		return syscall.EINVAL
 	}
+	switch {
+	case mode&^unix.FALLOC_FL_KEEP_SIZE == 0:
+		return h.reserve(ctx, off, size, mode)
+	case mode == unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE:
+		return h.zero(ctx, off, off+size, false)
+	case mode&^unix.FALLOC_FL_KEEP_SIZE == unix.FALLOC_FL_ZERO_RANGE:
+		return h.zero(ctx, off, off+size, mode&unix.FALLOC_FL_KEEP_SIZE == 0)
+	}
+	return syscall.EOPNOTSUPP
+}
+
+// reserve is fallocate with mode 0 or FALLOC_FL_KEEP_SIZE.
+func (h *Handle) reserve(ctx context.Context, off, size int64, mode uint32) error {
 	f := h.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -377,6 +391,148 @@ func (h *Handle) Allocate(ctx context.Context, off, size int64, mode uint32) err
 		return err
 	}
 	return nil
+}
+
+// zero makes the plaintext [off, end) read as zeros, first extending the
+// file to end if extend is set.
+func (h *Handle) zero(ctx context.Context, off, end int64, extend bool) error {
+	f := h.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.seenOK = false
+	p, _, err := f.sizes(h.fd)
+	if err != nil {
+		return err
+	}
+	if extend && end > p {
+		// What the file grows by reads as zeros already.
+		if err := f.truncateLocked(ctx, h.fd, end); err != nil {
+			return err
+		}
+		end = p
+	}
+	end = min(end, p) // nothing to do past the end
+	if off >= end || f.key == nil {
+		return nil
+	}
+	_, c, err := f.sizes(h.fd)
+	if err != nil {
+		return err
+	}
+	l := f.cfg.Layout
+	B := int64(l.BlockSize)
+	tmp := getBuf(int(B))
+	defer putBuf(tmp)
+	// A block partly in the range, or the partial last block of the file
+	// (only whole blocks can be holes), is re-encrypted with zeros.
+	zeroPart := func(b, lo, hi int64) error {
+		old, err := f.readBlock(h.fd, uint64(b), c, *tmp)
+		if err != nil {
+			return err
+		}
+		clear(old[lo-b*B : hi-b*B])
+		return f.rewriteBlock(h.fd, uint64(b), old)
+	}
+	first, last := off/B, (end-1)/B
+	holeLo, holeHi := first, last+1 // whole blocks to punch: [holeLo, holeHi)
+	if off%B != 0 || (first+1)*B > p {
+		if err := zeroPart(first, off, min(end, (first+1)*B)); err != nil {
+			return err
+		}
+		holeLo = first + 1
+	}
+	if last >= holeLo && (end%B != 0 || end > p || (last+1)*B > p) {
+		if err := zeroPart(last, max(off, last*B), end); err != nil {
+			return err
+		}
+		holeHi = last
+	}
+	if holeLo >= holeHi {
+		return nil
+	}
+	f.holes = holesMaybe
+	return punchBlocks(h.fd, l.BlockCipherOff(uint64(holeLo)), l.BlockCipherOff(uint64(holeHi)))
+}
+
+// punchBlocks makes the stored blocks in [cs, ce) of fd all zeros (holes):
+// punched out of the backing file, or written as zeros where its file
+// system cannot punch.
+func punchBlocks(fd int, cs, ce int64) error {
+	err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, cs, ce-cs)
+	if err == nil || !errors.Is(err, unix.EOPNOTSUPP) {
+		return err
+	}
+	zeros := make([]byte, min(ce-cs, MaxRequest))
+	for off := cs; off < ce; {
+		n := min(int64(len(zeros)), ce-off)
+		if err := pwriteFull(fd, zeros[:n], off); err != nil {
+			return err
+		}
+		off += n
+	}
+	return nil
+}
+
+// Seek is lseek(2) with SEEK_DATA or SEEK_HOLE on the plaintext. Holes
+// are found from the backing file's own (SEEK_DATA and SEEK_HOLE there),
+// block by block: a block is reported as a hole only if its whole stored
+// block lies in a backing hole, which reads as zeros; a hole that the
+// backing file system does not report is reported as data, as POSIX
+// allows. Past the end it answers ENXIO.
+func (h *Handle) Seek(off int64, whence int) (int64, error) {
+	if whence != unix.SEEK_DATA && whence != unix.SEEK_HOLE {
+		return 0, syscall.EINVAL
+	}
+	if off < 0 {
+		return 0, syscall.ENXIO
+	}
+	f := h.f
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p, c, err := f.sizes(h.fd)
+	if err != nil && !errors.Is(err, blockcipher.ErrBadCipherSize) {
+		return 0, err
+	}
+	if off >= p {
+		return 0, syscall.ENXIO
+	}
+	l := f.cfg.Layout
+	B := int64(l.BlockSize)
+	cb := int64(l.CipherBlockSize())
+	do := int64(l.DataOffset)
+	blockAt := func(coff int64) int64 { return (coff - do) / cb }
+	from := l.BlockCipherOff(uint64(off / B))
+	if whence == unix.SEEK_DATA {
+		d, err := unix.Seek(h.fd, from, unix.SEEK_DATA)
+		switch {
+		case errors.Is(err, unix.ENXIO):
+			return 0, syscall.ENXIO
+		case err != nil:
+			return off, nil // no SEEK_DATA there: all data
+		}
+		pos := max(off, blockAt(d)*B)
+		if pos >= p {
+			return 0, syscall.ENXIO
+		}
+		return pos, nil
+	}
+	for from < c {
+		hs, err := unix.Seek(h.fd, from, unix.SEEK_HOLE)
+		if err != nil || hs >= c {
+			return p, nil
+		}
+		he, err := unix.Seek(h.fd, hs, unix.SEEK_DATA)
+		if err != nil {
+			he = c
+		}
+		// The first stored block that starts in the backing hole.
+		k := (hs - do + cb - 1) / cb
+		if l.BlockCipherOff(uint64(k))+cb <= he && (k+1)*B <= p {
+			return max(off, k*B), nil
+		}
+		from = he
+	}
+	return p, nil
 }
 
 // bufPool holds buffers big enough for the largest request in ciphertext
