@@ -39,6 +39,17 @@ type metric struct {
 	chart string
 	// daemonOnly metrics do not exist for ext4.
 	daemonOnly bool
+	// ref is the configuration kmsfs is compared with; "" is the
+	// baseline.
+	ref string
+}
+
+// refConfig is the configuration m's ratio is taken against.
+func (m metric) refConfig() string {
+	if m.ref != "" {
+		return m.ref
+	}
+	return cfgBaseline
 }
 
 // Targets of the issue, as speed ratios kmsfs/baseline.
@@ -46,6 +57,9 @@ const (
 	targetSeq  = 0.9
 	targetRand = 0.8
 	targetTree = 0.85
+	// targetColdRead is cold 4 KiB random reads against ext4 on the same
+	// disk (not the baseline: a loopback is no limit there).
+	targetColdRead = 0.9
 )
 
 // Memory targets. The issue asks for memory "flat in file size" and "per
@@ -62,10 +76,14 @@ const (
 var speedMetrics = []metric{
 	{key: "seq_write", label: "sequential write + fsync", unit: "MB/s", higherBetter: true, speed: true, target: targetSeq, chart: "SEQ|WRITE"},
 	{key: "seq_read", label: "sequential read, cold", unit: "MB/s", higherBetter: true, speed: true, target: targetSeq, chart: "SEQ|READ"},
-	{key: "randread_1", label: "4 KiB random read, 1 job", unit: "IOPS", higherBetter: true, speed: true, target: targetRand, chart: "RANDREAD|1 JOB"},
-	{key: "randread_4", label: "4 KiB random read, 4 jobs", unit: "IOPS", higherBetter: true, speed: true, target: targetRand, chart: "RANDREAD|4 JOBS"},
-	{key: "randwrite_1", label: "4 KiB random write, 1 job", unit: "IOPS", higherBetter: true, speed: true, target: targetRand, chart: "RANDWRITE|1 JOB"},
-	{key: "randwrite_4", label: "4 KiB random write, 4 jobs", unit: "IOPS", higherBetter: true, speed: true, target: targetRand, chart: "RANDWRITE|4 JOBS"},
+	{key: "randread_1_cold", label: "4 KiB random read, 1 job, cold", unit: "IOPS", higherBetter: true, speed: true, target: targetColdRead, ref: cfgExt4},
+	{key: "randread_4_cold", label: "4 KiB random read, 4 jobs, cold", unit: "IOPS", higherBetter: true, speed: true, target: targetColdRead, ref: cfgExt4},
+	{key: "randwrite_1_cold", label: "4 KiB random write, 1 job, cold", unit: "IOPS", higherBetter: true, speed: true, target: targetRand},
+	{key: "randwrite_4_cold", label: "4 KiB random write, 4 jobs, cold", unit: "IOPS", higherBetter: true, speed: true, target: targetRand},
+	{key: "randread_1", label: "4 KiB random read, 1 job, warm", unit: "IOPS", higherBetter: true, speed: true, target: targetRand, chart: "RANDREAD|1 JOB"},
+	{key: "randread_4", label: "4 KiB random read, 4 jobs, warm", unit: "IOPS", higherBetter: true, speed: true, target: targetRand, chart: "RANDREAD|4 JOBS"},
+	{key: "randwrite_1", label: "4 KiB random write, 1 job, warm", unit: "IOPS", higherBetter: true, speed: true, target: targetRand, chart: "RANDWRITE|1 JOB"},
+	{key: "randwrite_4", label: "4 KiB random write, 4 jobs, warm", unit: "IOPS", higherBetter: true, speed: true, target: targetRand, chart: "RANDWRITE|4 JOBS"},
 	{key: "tree_cp", label: "tree: copy in (cp -a)", unit: "s", speed: true, target: targetTree, chart: "TREE|CP -A"},
 	{key: "tree_find", label: "tree: list (find -ls), cold", unit: "s", speed: true, target: targetTree, chart: "TREE|FIND"},
 	{key: "tree_read", label: "tree: read all (tar), cold", unit: "s", speed: true, target: targetTree, chart: "TREE|READ"},
@@ -137,14 +155,14 @@ func (r *results) median(cfg, key string) float64 {
 }
 
 // ratio returns the median over repetitions of the per-repetition ratio
-// of cfg against the baseline: speed (higher is better) for speed
+// of cfg against m's reference (the baseline, or ext4): speed (higher is better) for speed
 // metrics, cost for the others. Ratios taken within one repetition
 // compare runs made minutes apart, which cancels much of the noise of a
 // shared machine.
 func (r *results) ratio(cfg string, m metric) float64 {
 	var rs []float64
 	for i := 0; i < r.Reps; i++ {
-		k, b := r.get(cfg, m.key, i), r.get(cfgBaseline, m.key, i)
+		k, b := r.get(cfg, m.key, i), r.get(m.refConfig(), m.key, i)
 		if math.IsNaN(k) || math.IsNaN(b) || k == 0 || b == 0 {
 			continue
 		}

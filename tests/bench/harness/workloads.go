@@ -150,19 +150,28 @@ type fioVariant struct {
 	key  string
 	rw   string
 	jobs int
+	// cold runs start with nothing of the files in any cache (as on a
+	// volume larger than memory); warm ones with the backing files read
+	// into the page cache first.
+	cold bool
 }
 
 var fioVariants = []fioVariant{
-	{"randread_1", "randread", 1},
-	{"randread_4", "randread", 4},
-	{"randwrite_1", "randwrite", 1},
-	{"randwrite_4", "randwrite", 4},
+	{"randread_1_cold", "randread", 1, true},
+	{"randread_4_cold", "randread", 4, true},
+	{"randwrite_1_cold", "randwrite", 1, true},
+	{"randwrite_4_cold", "randwrite", 4, true},
+	{"randread_1", "randread", 1, false},
+	{"randread_4", "randread", 4, false},
+	{"randwrite_1", "randwrite", 1, false},
+	{"randwrite_4", "randwrite", 4, false},
 }
 
 // fioJobs is how many job files are laid out (the largest numjobs).
 const fioJobs = 4
 
-// fio runs one 4 KiB random-I/O variant, time based, starting cold.
+// fio runs one 4 KiB random-I/O variant, time based, on a fresh mount:
+// cold (page cache dropped) or warm (backing files read first).
 func (r *runner) fio(c *fsConfig, rep int, v fioVariant) error {
 	dir := filepath.Join(c.mnt, "fio")
 	if err := r.mountC(c); err != nil {
@@ -177,12 +186,20 @@ func (r *runner) fio(c *fsConfig, rep int, v fioVariant) error {
 	if _, _, err := r.unmountC(c, rep); err != nil {
 		return err
 	}
-	// The backing files are read into the page cache (the FUSE mounts'
-	// daemons then read them from memory, as in the runs after the
-	// first), and a fresh mount starts with an empty FUSE cache.
-	r.recordRaw("cat $BACKING/fio/rand.* > /dev/null")
-	if err := warmFiles(filepath.Join(c.backing, "fio")); err != nil {
-		return err
+	if v.cold {
+		// Nothing in any cache: every read goes to the disk, and every
+		// write of part of a page reads the page first.
+		if err := r.dropCaches(); err != nil {
+			return err
+		}
+	} else {
+		// The backing files are read into the page cache (the FUSE
+		// mounts' daemons then read them from memory), and a fresh mount
+		// starts with an empty FUSE cache.
+		r.recordRaw("cat $BACKING/fio/rand.* > /dev/null")
+		if err := warmFiles(filepath.Join(c.backing, "fio")); err != nil {
+			return err
+		}
 	}
 	if err := r.mountC(c); err != nil {
 		return err
