@@ -20,6 +20,8 @@ func init() {
 const emulatorUsage = `Usage: kmsfs kms-emulator [--listen 127.0.0.1:PORT] [--state FILE]
            [--alibaba ID:SECRET] [--tencent ID:SECRET] [--huawei AK:SK]
            [--key CLOUD:REGION[:PROJECT][:alias/NAME]]...
+           [--tls-listen 127.0.0.1:PORT --ca-out FILE
+            --alibaba-instance KEY_ID:CERT.pem]
 
 Runs a local emulator of the Alibaba Cloud, Tencent Cloud and Huawei Cloud
 KMS APIs on a loopback address, for trying kmsfs and for tests. It checks
@@ -38,7 +40,15 @@ Options:
     --alibaba ID:SECRET, --tencent ID:SECRET, --huawei AK:SK
                       accept this access key (repeatable)
     --key CLOUD:REGION[:PROJECT][:alias/NAME]
-                      create a key (PROJECT for huawei; alias for alibaba)
+                      create a key (PROJECT for huawei; alias for alibaba;
+                      CLOUD alibaba-instance with REGION the instance ID)
+    --tls-listen ADDR also serve over TLS on this loopback address: the
+                      KMS instance protocol (alibaba-kms-instance) needs it
+    --ca-out FILE     write the CA certificate of the TLS listener there
+                      (ALIBABA_KMS_INSTANCE_CA_FILE)
+    --alibaba-instance KEY_ID:CERT.pem
+                      accept this KMS instance client key (its ID, and its
+                      certificate or public key in PEM; repeatable)
 `
 
 func runEmulator(args []string) int {
@@ -50,6 +60,10 @@ func runEmulator(args []string) int {
 	fs.Var(&tc, "tencent", "")
 	fs.Var(&hw, "huawei", "")
 	fs.Var(&keys, "key", "")
+	tlsListen := fs.String("tls-listen", "", "")
+	caOut := fs.String("ca-out", "", "")
+	var inst stringList
+	fs.Var(&inst, "alibaba-instance", "")
 	pos, code, ok := parseFlags(fs, args, emulatorUsage)
 	if !ok {
 		return code
@@ -70,6 +84,20 @@ func runEmulator(args []string) int {
 			creds = append(creds, kmsemu.Credential{Cloud: c.cloud, ID: id, Secret: secret})
 		}
 	}
+	for _, v := range inst {
+		id, certFile, found := strings.Cut(v, ":")
+		if !found || id == "" || certFile == "" {
+			return usageError("--alibaba-instance %q: want KEY_ID:CERT.pem", v)
+		}
+		pem, err := os.ReadFile(certFile)
+		if err != nil {
+			return errorf(exitError, "--alibaba-instance: %v", err)
+		}
+		creds = append(creds, kmsemu.Credential{Cloud: kmsemu.AlibabaInstance, ID: id, PublicKey: string(pem)})
+	}
+	if len(inst) > 0 && *tlsListen == "" {
+		return usageError("--alibaba-instance needs --tls-listen (the KMS instance protocol is served over TLS only)")
+	}
 	var specs []kmsemu.KeySpec
 	for _, v := range keys {
 		spec, err := parseKeySpec(v)
@@ -78,11 +106,19 @@ func runEmulator(args []string) int {
 		}
 		specs = append(specs, spec)
 	}
-	s := kmsemu.New(kmsemu.Config{Addr: *listen, StateFile: *state})
+	s := kmsemu.New(kmsemu.Config{Addr: *listen, TLSAddr: *tlsListen, StateFile: *state})
 	if err := s.Start(); err != nil {
 		return errorf(exitError, "%v", err)
 	}
 	defer s.Close()
+	if *caOut != "" {
+		if *tlsListen == "" {
+			return usageError("--ca-out needs --tls-listen")
+		}
+		if err := os.WriteFile(*caOut, s.CACertPEM(), 0o644); err != nil {
+			return errorf(exitError, "--ca-out: %v", err)
+		}
+	}
 	// Credentials and keys: the ones asked for, else those in the state
 	// file, else made up.
 	have := map[kmsemu.Cloud]kmsemu.Credential{}
@@ -162,6 +198,10 @@ func printEmulator(s *kmsemu.Server, creds map[kmsemu.Cloud]kmsemu.Credential) {
 	if c, ok := creds[kmsemu.Huawei]; ok {
 		fmt.Printf("export HUAWEICLOUD_SDK_AK=%s HUAWEICLOUD_SDK_SK=%s\n", c.ID, c.Secret)
 	}
+	if s.TLSAddr() != "" {
+		fmt.Printf("# KMS instance protocol over TLS on %s; client keys from --alibaba-instance:\n", s.TLSAddr())
+		fmt.Println("export ALIBABA_KMS_INSTANCE_CLIENT_KEY_FILE=... ALIBABA_KMS_INSTANCE_CLIENT_KEY_PASSWORD=... ALIBABA_KMS_INSTANCE_CA_FILE=<--ca-out>")
+	}
 	fmt.Println("\n# Key URIs:")
 	for _, k := range s.Keys() {
 		state := ""
@@ -178,6 +218,10 @@ func printEmulator(s *kmsemu.Server, creds map[kmsemu.Cloud]kmsemu.Credential) {
 			fmt.Printf("tencent-kms://%s/%s?endpoint=%s%s\n", k.Region, k.ID, ep, state)
 		case kmsemu.Huawei:
 			fmt.Printf("huawei-kms://%s/%s?project=%s&endpoint=%s%s\n", k.Region, k.ID, k.Project, ep, state)
+		case kmsemu.AlibabaInstance:
+			if s.TLSAddr() != "" {
+				fmt.Printf("alibaba-kms-instance://%s/%s%s\n", s.TLSAddr(), k.ID, state)
+			}
 		}
 	}
 	fmt.Println("\n# Example: kmsfs init --key 'URI' CIPHERDIR   (quote the URI)")

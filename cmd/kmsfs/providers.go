@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/alibaba"
+	"github.com/kmsfs/kmsfs/keyring/alibaba/instance"
 	"github.com/kmsfs/kmsfs/keyring/huawei"
 	"github.com/kmsfs/kmsfs/keyring/local"
 	"github.com/kmsfs/kmsfs/keyring/tencent"
@@ -10,7 +11,7 @@ import (
 
 // newRegistry returns the key providers kmsfs knows: the embedded local
 // keyring, always available, and the cloud KMS providers (alibaba-kms,
-// tencent-kms, huawei-kms).
+// alibaba-kms-instance, tencent-kms, huawei-kms).
 func newRegistry() *keyring.Registry {
-	return keyring.NewRegistry(local.Register, alibaba.Register, huawei.Register, tencent.Register)
+	return keyring.NewRegistry(local.Register, alibaba.Register, instance.Register, huawei.Register, tencent.Register)
 }

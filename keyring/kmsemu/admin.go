@@ -20,7 +20,8 @@ import (
 //	PUT  /_emulator/faults                    [Fault...] replaces all faults
 //	POST /_emulator/faults                    Fault, added
 //	DELETE /_emulator/faults                  clear
-//	POST /_emulator/credentials               Credential, added
+//	POST /_emulator/credentials               Credential, added: {"cloud","id","secret","denied"},
+//	                                          or {"cloud":"alibaba-instance","id","public_key"}
 //
 // Requests must come from a loopback address (the server only listens on
 // one) and, for writes, carry Content-Type: application/json, which a web

@@ -2,8 +2,9 @@
 // and Huawei Cloud KMS APIs that kmsfs uses, for tests and for trying
 // kmsfs without a cloud account.
 //
-// One HTTP server on a loopback address speaks the three wire protocols
-// (told apart by their requests) and a small admin API under /_emulator/:
+// One HTTP server on a loopback address (and, if Config.TLSAddr is set, on
+// a second loopback address with TLS) speaks the four wire protocols (told
+// apart by their requests) and a small admin API under /_emulator/:
 //
 //   - Alibaba: RPC style, POST /?Action=...&<params>, HMAC-SHA1 signature
 //     version 1.0; Timestamp freshness and SignatureNonce replay checked;
@@ -14,6 +15,31 @@
 //   - Huawei: POST /v1.0/{project_id}/kms/<action> with SDK-HMAC-SHA256;
 //     X-Sdk-Date freshness; errors as 4xx/5xx {"error":{"error_code",
 //     "error_msg"}}.
+//   - Alibaba KMS instance (dedicated KMS, "dkms-gcs", API version
+//     dkms-gcs-0.2, as the alibabacloud-dkms-gcs-go-sdk sends it): POST /
+//     with a protobuf body, the operation in x-kms-apiname, signed with
+//     RSA PKCS#1 v1.5 SHA-256 by a client key whose public key the
+//     credential holds; date freshness and content-sha256 checked; errors
+//     as 4xx/5xx protobuf api.Error. Served on both listeners (the real
+//     service is HTTPS only).
+//
+// The KMS instance's error codes are the emulator's choices where the
+// real service's are not documented:
+//
+//	401 Unauthorized                 bad or missing signature, unknown client key ID
+//	400 InvalidParam                 malformed Authorization, date, content-sha256 or
+//	                                 x-kms- headers, content-sha256 not the body's
+//	400 RequestTimeTooSkewed         date outside the skew window
+//	400 InvalidApiVersion            x-kms-apiversion is not dkms-gcs-0.2
+//	400 InvalidApiName               operation not emulated
+//	403 Forbidden.NoPermission       credential marked Denied
+//	404 Forbidden.KeyNotFound        unknown key (or alias: Forbidden.AliasNotFound)
+//	400 Rejected.Disabled            key disabled
+//	400 Rejected.PendingDeletion     key pending deletion
+//	400 InvalidParameter             bad request body or field; a ciphertext that
+//	                                 does not open (other AAD, altered, other key)
+//	429 Rejected.Throttling          injected throttling
+//	503 ServiceUnavailableTemporary  injected outage
 //
 // Every request's signature is verified against the configured
 // credentials; CMKs are real AES-256-GCM keys and wrapped data keys are
@@ -26,6 +52,7 @@ package kmsemu
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -45,6 +72,11 @@ type Credential struct {
 	// Denied makes every KMS call by this credential fail with the
 	// cloud's access-denied error (valid signature, no permission).
 	Denied bool `json:"denied,omitempty"`
+	// PublicKey is, for AlibabaInstance credentials (whose ID is the
+	// client key ID, e.g. "KAAP.test", and whose Secret is unused), the
+	// PEM of the client key's RSA public key ("PUBLIC KEY" or "RSA PUBLIC
+	// KEY") or of its X.509 certificate ("CERTIFICATE").
+	PublicKey string `json:"public_key,omitempty"`
 }
 
 // Config configures a Server.
@@ -52,11 +84,17 @@ type Config struct {
 	// Addr is the listen address; "127.0.0.1:0" if empty. Only loopback
 	// addresses are accepted.
 	Addr string
+	// TLSAddr, if set (e.g. "127.0.0.1:0"; loopback only), is a second
+	// listen address where the same API is served over TLS, with a server
+	// certificate for 127.0.0.1, ::1 and localhost signed by a CA that
+	// Start generates (see CACertPEM). Client certificates are requested
+	// but not required.
+	TLSAddr string
 	// Credentials are the access keys requests may be signed with.
 	Credentials []Credential
 	// MaxSkew is how far a request's timestamp may be from the
-	// emulator's clock: 15 minutes (Alibaba, Huawei) and 5 minutes
-	// (Tencent) if zero.
+	// emulator's clock: 15 minutes (Alibaba, Alibaba KMS instance,
+	// Huawei) and 5 minutes (Tencent) if zero.
 	MaxSkew time.Duration
 	// Now is the emulator's clock; time.Now if nil.
 	Now func() time.Time
@@ -125,6 +163,8 @@ type Server struct {
 	stats  map[string]int       // cloud/action/outcome -> count
 
 	ln      net.Listener
+	tlsLn   net.Listener // nil without Config.TLSAddr
+	caPEM   []byte       // the TLS listener's CA certificate
 	srv     *http.Server
 	closing chan struct{}
 	once    sync.Once
@@ -155,21 +195,37 @@ func New(cfg Config) *Server {
 // Start listens on the configured loopback address and serves in the
 // background.
 func (s *Server) Start() error {
-	host, _, err := net.SplitHostPort(s.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("kmsemu: listen address %q: %v", s.cfg.Addr, err)
+	if err := checkLoopback(s.cfg.Addr); err != nil {
+		return err
 	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("kmsemu: listen address %q: the emulator serves loopback addresses only", s.cfg.Addr)
+	if s.cfg.TLSAddr != "" {
+		if err := checkLoopback(s.cfg.TLSAddr); err != nil {
+			return err
+		}
 	}
 	if s.cfg.StateFile != "" {
 		if err := s.load(); err != nil {
 			return err
 		}
 	}
+	var tlsCfg *tls.Config
+	if s.cfg.TLSAddr != "" {
+		var err error
+		if tlsCfg, s.caPEM, err = newTLSConfig(); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("kmsemu: %w", err)
+	}
+	if tlsCfg != nil {
+		tl, err := net.Listen("tcp", s.cfg.TLSAddr)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("kmsemu: TLS listener: %w", err)
+		}
+		s.tlsLn = tls.NewListener(tl, tlsCfg)
 	}
 	s.ln = ln
 	s.srv = &http.Server{
@@ -178,6 +234,21 @@ func (s *Server) Start() error {
 		MaxHeaderBytes:    64 << 10,
 	}
 	go func() { _ = s.srv.Serve(ln) }()
+	if s.tlsLn != nil {
+		go func() { _ = s.srv.Serve(s.tlsLn) }()
+	}
+	return nil
+}
+
+// checkLoopback accepts host:port listen addresses on loopback only.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("kmsemu: listen address %q: %v", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("kmsemu: listen address %q: the emulator serves loopback addresses only", addr)
+	}
 	return nil
 }
 
@@ -186,6 +257,26 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // URL is the server's base URL, e.g. "http://127.0.0.1:41234".
 func (s *Server) URL() string { return "http://" + s.Addr() }
+
+// TLSAddr is the address the TLS listener listens on, e.g.
+// "127.0.0.1:41235", or "" if there is none (no Config.TLSAddr, or not
+// started).
+func (s *Server) TLSAddr() string {
+	if s.tlsLn == nil {
+		return ""
+	}
+	return s.tlsLn.Addr().String()
+}
+
+// CACertPEM is the PEM of the CA certificate that signed the TLS
+// listener's certificate (generated at Start), for clients to trust; nil
+// if there is no TLS listener.
+func (s *Server) CACertPEM() []byte {
+	if s.tlsLn == nil {
+		return nil
+	}
+	return append([]byte(nil), s.caPEM...)
+}
 
 // Close stops the server; hung requests are released.
 func (s *Server) Close() error {
@@ -199,12 +290,25 @@ func (s *Server) Close() error {
 	if err != nil {
 		err = s.srv.Close()
 	}
+	if s.tlsLn != nil {
+		// Shutdown closes it unless its Serve had not started yet.
+		_ = s.tlsLn.Close()
+	}
 	return err
 }
 
-// AddCredential adds (or replaces) an accepted access key.
+// AddCredential adds (or replaces) an accepted access key (for
+// AlibabaInstance, a client key: ID and PublicKey).
 func (s *Server) AddCredential(c Credential) error {
-	if !c.Cloud.valid() || c.ID == "" || c.Secret == "" {
+	switch {
+	case c.Cloud == AlibabaInstance:
+		if c.ID == "" {
+			return fmt.Errorf("kmsemu: %s credential needs a client key ID", c.Cloud)
+		}
+		if _, err := instancePublicKey(c.PublicKey); err != nil {
+			return fmt.Errorf("kmsemu: %s credential %s: %w", c.Cloud, c.ID, err)
+		}
+	case !c.Cloud.valid() || c.ID == "" || c.Secret == "":
 		return fmt.Errorf("kmsemu: credential needs a cloud, an ID and a secret")
 	}
 	s.mu.Lock()
@@ -397,6 +501,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case strings.HasPrefix(r.URL.Path, "/_emulator/"):
 		s.serveAdmin(w, r)
+	case r.Header.Get("X-Kms-Apiname") != "":
+		s.serveInstance(w, r)
 	case strings.HasPrefix(r.URL.Path, "/v1.0/") || strings.HasPrefix(r.Header.Get("Authorization"), "SDK-HMAC-SHA256"):
 		s.serveHuawei(w, r)
 	case r.Header.Get("X-TC-Action") != "" || strings.HasPrefix(r.Header.Get("Authorization"), "TC3-"):

@@ -2,6 +2,7 @@ package kmsemu
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -265,6 +266,16 @@ func FuzzServeHTTP(f *testing.F) {
 		signed = append(signed, seed{s.cloud, s.in, sig, signedView(s.cloud, r, s.in.Body)})
 		f.Add(s.in.Method, s.in.Target, s.in.Header, s.in.Body)
 	}
+
+	// A KMS instance request (protobuf body, x-kms-* headers) with a
+	// signature the emulator refuses: it leads the fuzzer into the
+	// instance handler's parsing.
+	body := []byte{0x0a, 0x04, 'k', 'e', 'y', '1', 0x22, 0x02, 'a', 'd'}
+	sum := sha256.Sum256(body)
+	f.Add("POST", "/", "Content-Type: application/x-protobuf\nDate: "+fuzzNow.Format(http.TimeFormat)+
+		"\nContent-Sha256: "+strings.ToUpper(hex.EncodeToString(sum[:]))+
+		"\nX-Kms-Apiname: AdvanceDecrypt\nX-Kms-Apiversion: dkms-gcs-0.2\nX-Kms-Signaturemethod: RSA_PKCS1_SHA_256"+
+		"\nX-Kms-Acccesskeyid: KAAP.fuzz\nAuthorization: Bearer AAAA", body)
 
 	f.Fuzz(func(t *testing.T, method, target, header string, body []byte) {
 		in := fuzzRequest{method, target, header, body}

@@ -21,9 +21,15 @@ const (
 	Alibaba Cloud = "alibaba"
 	Tencent Cloud = "tencent"
 	Huawei  Cloud = "huawei"
+	// AlibabaInstance is an Alibaba Cloud KMS instance (dedicated KMS,
+	// "dkms-gcs"). Its keys' Region is the instance ID (e.g. "kst-test");
+	// its credentials are client keys (ID and PublicKey).
+	AlibabaInstance Cloud = "alibaba-instance"
 )
 
-func (c Cloud) valid() bool { return c == Alibaba || c == Tencent || c == Huawei }
+func (c Cloud) valid() bool {
+	return c == Alibaba || c == Tencent || c == Huawei || c == AlibabaInstance
+}
 
 // KeyState is the life-cycle state of a CMK.
 type KeyState string
@@ -238,14 +244,29 @@ func blobAD(c Cloud, id string, ctx []byte) []byte {
 }
 
 func (k *cmk) seal(plaintext, ctx []byte) []byte {
+	nonce := make([]byte, blobNonceSize)
+	_, _ = rand.Read(nonce)
+	return k.sealNonce(plaintext, ctx, nonce)
+}
+
+// blobNonceSize is the length of a blob's GCM nonce.
+const blobNonceSize = 12
+
+// sealNonce is seal with a caller-chosen nonce of blobNonceSize bytes
+// (the KMS instance API lets the caller pass the IV).
+func (k *cmk) sealNonce(plaintext, ctx, nonce []byte) []byte {
 	block, _ := aes.NewCipher(k.secret)
 	gcm, _ := cipher.NewGCM(block)
 	out := []byte{blobVersion, byte(len(k.ID))}
 	out = append(out, k.ID...)
-	nonce := make([]byte, gcm.NonceSize())
-	_, _ = rand.Read(nonce)
 	out = append(out, nonce...)
 	return gcm.Seal(out, nonce, plaintext, blobAD(k.Cloud, k.ID, ctx))
+}
+
+// blobNonce returns the GCM nonce recorded in a well-formed blob.
+func blobNonce(blob []byte) []byte {
+	n := 2 + int(blob[1])
+	return blob[n : n+blobNonceSize]
 }
 
 // blobKeyID returns the key ID recorded in a blob.

@@ -20,6 +20,19 @@ func Start(t testing.TB, creds ...kmsemu.Credential) *kmsemu.Server {
 	return s
 }
 
+// StartTLS starts an emulator accepting creds that also serves TLS (the
+// KMS instance protocol's transport; see Server.TLSAddr and
+// Server.CACertPEM), and closes it when t ends.
+func StartTLS(t testing.TB, creds ...kmsemu.Credential) *kmsemu.Server {
+	t.Helper()
+	s := kmsemu.New(kmsemu.Config{Addr: "127.0.0.1:0", TLSAddr: "127.0.0.1:0", Credentials: creds})
+	if err := s.Start(); err != nil {
+		t.Fatalf("kmsemu.Start() with TLS error = %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
 // CreateKey creates a key or fails the test.
 func CreateKey(t testing.TB, s *kmsemu.Server, spec kmsemu.KeySpec) kmsemu.Key {
 	t.Helper()
