@@ -111,8 +111,10 @@ type Server struct {
 	root     *Node
 	readOnly bool
 	// reencMu lets one re-encryption run at a time (they share the copy
-	// in the backing root).
+	// in the backing root); closed, under it, refuses new ones once the
+	// file system is unmounted.
 	reencMu sync.Mutex
+	closed  bool
 }
 
 // Reencrypt re-encrypts the regular file at rel (a path relative to the
@@ -145,8 +147,20 @@ func (s *Server) Reencrypt(ctx context.Context, rel string) (int64, error) {
 		return 0, fmt.Errorf("%s: %w", rel, err)
 	}
 	defer syscall.Close(fd)
+	// The path must still lead to this node's inode (another file may
+	// have been put there behind the mount).
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("%s: %w", rel, err)
+	}
+	if n.t.stableAttr(&st, 0).Ino != n.StableAttr().Ino {
+		return 0, fmt.Errorf("%s: the backing file changed behind the mount; try again: %w", rel, syscall.EAGAIN)
+	}
 	s.reencMu.Lock()
 	defer s.reencMu.Unlock()
+	if s.closed {
+		return 0, fmt.Errorf("%s: the file system is being unmounted: %w", rel, syscall.ESHUTDOWN)
+	}
 	size, err := n.file.Reencrypt(ctx, fd, n.t.dir)
 	if err != nil {
 		n.t.vol.Log.Printf("kmsfs: %s: re-encryption failed: %v", n.name(), err)
@@ -160,6 +174,12 @@ func (s *Server) Reencrypt(ctx context.Context, rel string) (int64, error) {
 // locked memory.
 func (s *Server) Wait() {
 	s.Server.Wait()
+	// A re-encryption asked for over the control socket may still run:
+	// let it finish (it is safe to stop anywhere, but not to have the
+	// backing directory closed under it).
+	s.reencMu.Lock()
+	s.closed = true
+	s.reencMu.Unlock()
 	s.once.Do(func() { s.journal.Close() })
 }
 

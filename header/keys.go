@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
-	"hash"
 	"sync"
 
 	"github.com/kmsfs/kmsfs/keyring/secmem"
@@ -66,13 +65,14 @@ func Derive(dst, dataKey []byte, fileID [FileIDSize]byte, p Purpose) error {
 // deriver derives several of one file's keys from a single HKDF-Extract.
 // Every key is KeySize = 32 bytes, one SHA-256 output, so its
 // HKDF-Expand is the single HMAC(PRK, info || 0x01) (RFC 5869, section
-// 2.3): the keys share the PRK and one keyed HMAC, which Reset rewinds.
+// 2.3): the keys share the PRK. Each derivation keys an HMAC of its own
+// and wipes it (an HMAC's Reset would drop its padded keys unwiped).
 type deriver struct {
-	h hash.Hash // HMAC-SHA256 keyed with the PRK
+	prk [sha256.Size]byte
 }
 
 // withDeriver calls f with the deriver of dataKey and fileID, under
-// secmem.Do, and wipes the deriver's state when f returns.
+// secmem.Do, and wipes the PRK when f returns.
 func withDeriver(dataKey []byte, fileID [FileIDSize]byte, f func(d *deriver) error) error {
 	if len(dataKey) != KeySize {
 		return fmt.Errorf("data key is %d bytes, want %d", len(dataKey), KeySize)
@@ -81,14 +81,12 @@ func withDeriver(dataKey []byte, fileID [FileIDSize]byte, f func(d *deriver) err
 	secmem.Do(func() {
 		// HKDF-Extract(salt = file ID, IKM = data key) = HMAC(salt, IKM).
 		// The HMAC's inner digest buffers the data key: wipe it.
-		var prk [sha256.Size]byte
-		defer clear(prk[:])
+		d := &deriver{}
+		defer clear(d.prk[:])
 		x := hmac.New(sha256.New, fileID[:])
 		x.Write(dataKey)
-		x.Sum(prk[:0])
+		x.Sum(d.prk[:0])
 		secmem.Wipe(x)
-		d := &deriver{h: hmac.New(sha256.New, prk[:])}
-		defer secmem.Wipe(d)
 		err = f(d)
 	})
 	return err
@@ -109,10 +107,11 @@ func (d *deriver) derive(dst []byte, p Purpose) error {
 	}
 	var out [sha256.Size]byte
 	defer clear(out[:])
-	d.h.Reset()
-	d.h.Write(info)
-	d.h.Write(expandSuffix)
-	d.h.Sum(out[:0])
+	h := hmac.New(sha256.New, d.prk[:])
+	defer secmem.Wipe(h)
+	h.Write(info)
+	h.Write(expandSuffix)
+	h.Sum(out[:0])
 	copy(dst, out[:])
 	return nil
 }

@@ -226,6 +226,12 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 		if left, err = cryptfile.PendingWrites(ctx, bd, maxData, vol); err != nil {
 			return c.fail(exitError, err)
 		}
+		// And an interrupted re-encryption, as a mount would.
+		logBuf.Reset()
+		if err := cryptfile.ReplayReencrypt(bd, logger); err != nil {
+			return c.fail(exitError, err)
+		}
+		c.notes(&logBuf)
 	} else if mnt := mountPointOf(c.r.Dir); mnt != "" {
 		c.r.Notes = append(c.r.Notes, fmt.Sprintf("the volume is mounted at %s: a file written during the check may be reported damaged", mnt))
 		// Its journal holds the writes in progress, not interrupted ones.
@@ -235,6 +241,9 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 		pending, left = nil, nil
 	}
 	c.journal(pending, left)
+	if p, _ := cryptfile.PendingReencrypt(bd); p {
+		c.r.Notes = append(c.r.Notes, "an interrupted re-encryption is pending (a kmsfs.reencrypt.* copy): its file may be reported damaged until a read-write mount or 'kmsfs fsck --repair' finishes it")
+	}
 
 	type entry struct {
 		rel  string

@@ -88,6 +88,10 @@ type File struct {
 	// Handle.KeepCache).
 	seen   fileStamp
 	seenOK bool
+	// broken, once set, fails every read and write of the file: a
+	// re-encryption failed after its commit point, so the backing file
+	// may hold blocks of two keys until the next mount finishes it.
+	broken error
 }
 
 type holeState uint8
@@ -141,6 +145,10 @@ type Handle struct {
 func (f *File) Open(ctx context.Context, fd int) (*Handle, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.broken != nil {
+		syscall.Close(fd)
+		return nil, f.broken
+	}
 	if f.key == nil || f.replacedLocked(fd) {
 		old := f.key
 		if err := f.loadKeyLocked(ctx, fd); err != nil {
@@ -289,6 +297,9 @@ func (h *Handle) Read(p []byte, off int64) (int, error) {
 	f := h.f
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.broken != nil {
+		return 0, f.broken
+	}
 	return f.readLocked(h.fd, &h.direct, p, off)
 }
 
@@ -315,6 +326,9 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	f := h.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.broken != nil {
+		return 0, f.broken
+	}
 	if err := f.writeLocked(ctx, h.fd, &h.wb, p, off); err != nil {
 		return 0, err
 	}
@@ -330,6 +344,9 @@ func (h *Handle) Truncate(ctx context.Context, size int64) error {
 	f := h.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.broken != nil {
+		return f.broken
+	}
 	return f.truncateLocked(ctx, h.fd, size)
 }
 
@@ -368,6 +385,9 @@ func (h *Handle) reserve(ctx context.Context, off, size int64, mode uint32) erro
 	f := h.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.broken != nil {
+		return f.broken
+	}
 	end := off + size
 	if mode == 0 {
 		p, _, err := f.sizes(h.fd)
@@ -399,6 +419,9 @@ func (h *Handle) zero(ctx context.Context, off, end int64, extend bool) error {
 	f := h.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.broken != nil {
+		return f.broken
+	}
 	f.seenOK = false
 	p, _, err := f.sizes(h.fd)
 	if err != nil {
@@ -451,24 +474,27 @@ func (h *Handle) zero(ctx context.Context, off, end int64, extend bool) error {
 		return nil
 	}
 	f.holes = holesMaybe
-	return punchBlocks(h.fd, l.BlockCipherOff(uint64(holeLo)), l.BlockCipherOff(uint64(holeHi)))
+	return f.punchBlocksLocked(h.fd, uint64(holeLo), uint64(holeHi))
 }
 
-// punchBlocks makes the stored blocks in [cs, ce) of fd all zeros (holes):
-// punched out of the backing file, or written as zeros where its file
-// system cannot punch.
-func punchBlocks(fd int, cs, ce int64) error {
+// punchBlocksLocked makes the stored blocks lo..hi-1 of fd all zeros
+// (holes): punched out of the backing file, or, where its file system
+// cannot punch, written as zeros through the journal (a zeroing cut
+// short must not leave a block half zero).
+func (f *File) punchBlocksLocked(fd int, lo, hi uint64) error {
+	l := f.cfg.Layout
+	cs, ce := l.BlockCipherOff(lo), l.BlockCipherOff(hi)
 	err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, cs, ce-cs)
 	if err == nil || !errors.Is(err, unix.EOPNOTSUPP) {
 		return err
 	}
-	zeros := make([]byte, min(ce-cs, MaxRequest))
-	for off := cs; off < ce; {
-		n := min(int64(len(zeros)), ce-off)
-		if err := pwriteFull(fd, zeros[:n], off); err != nil {
+	per := uint64(max(1, MaxRequest/l.BlockSize)) // blocks per write
+	zeros := make([]byte, per*uint64(l.CipherBlockSize()))
+	for b := lo; b < hi; b += per {
+		n := min(per, hi-b)
+		if err := f.cfg.Journal.write(f, fd, complete(zeros[:n*uint64(l.CipherBlockSize())]), l.BlockCipherOff(b), false); err != nil {
 			return err
 		}
-		off += n
 	}
 	return nil
 }
@@ -489,6 +515,9 @@ func (h *Handle) Seek(off int64, whence int) (int64, error) {
 	f := h.f
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.broken != nil {
+		return 0, f.broken
+	}
 	p, c, err := f.sizes(h.fd)
 	if err != nil && !errors.Is(err, blockcipher.ErrBadCipherSize) {
 		return 0, err

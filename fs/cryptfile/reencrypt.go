@@ -133,14 +133,23 @@ func (f *File) Reencrypt(ctx context.Context, fd int, dir *backing.Dir) (int64, 
 		return 0, fmt.Errorf("committing the re-encryption copy: syncing the backing directory: %w", err)
 	}
 
-	// 3 and 4. From here the change is made, now or at the next mount.
+	// 3 and 4. From here the change is made, now or at the next mount:
+	// until it is, the file must not be read or written (it may hold
+	// blocks of both keys, and a write would be undone by the replay).
 	if reencryptCommitted != nil {
 		if err := reencryptCommitted(); err != nil {
+			f.breakLocked(err)
 			return 0, err
 		}
 	}
-	if err := finishReencrypt(tfd, fd, st.Size, dir, name); err != nil {
-		return 0, fmt.Errorf("%w (the next read-write mount finishes it)", err)
+	err = finishReencrypt(tfd, fd, st.Size, dir, name)
+	for try := 1; err != nil && try < 3; try++ { // it is idempotent
+		err = finishReencrypt(tfd, fd, st.Size, dir, name)
+	}
+	if err != nil {
+		err = fmt.Errorf("re-encryption stopped after its commit point: %w (the next read-write mount finishes it; until then the file answers EIO)", err)
+		f.breakLocked(err)
+		return 0, err
 	}
 	// Keep the times the mount shows: re-encryption changes no content.
 	unix.UtimesNanoAt(unix.AT_FDCWD, backing.ProcPath(fd), []unix.Timespec{st.Atim, st.Mtim}, 0)
@@ -152,6 +161,14 @@ func (f *File) Reencrypt(ctx context.Context, fd int, dir *backing.Dir) (int64, 
 	f.seenOK = false
 	f.holes = holesMaybe
 	return plain, nil
+}
+
+// breakLocked makes every later read and write of the file fail with an
+// error wrapping EIO and cause.
+func (f *File) breakLocked(cause error) {
+	f.broken = fmt.Errorf("%w: %w", syscall.EIO, cause)
+	f.seenOK = false
+	f.holes = holesMaybe
 }
 
 // reencryptBlocks decrypts the blocks of the backing file fd (size c)
@@ -346,15 +363,29 @@ func replayOne(dir *backing.Dir, name string, ino uint64, oldID, newID [16]byte,
 		return err
 	}
 	defer unix.Close(cfd)
+	// The copy must be what step 1 wrote: a header with the new file ID.
 	var cst unix.Stat_t
 	if err := unix.Fstat(cfd, &cst); err != nil {
 		return err
 	}
-	// The file: a regular file with that inode whose header has the old
-	// file ID (not yet overwritten) or the new one (overwritten).
+	var cpre [header.PreambleSize]byte
+	if m, err := PreadHead(cfd, cpre[:]); err != nil || m < len(cpre) || cst.Size < header.Size {
+		lg.Printf("kmsfs: %s is not a complete re-encryption copy; left alone", name)
+		return nil
+	}
+	if p, err := header.ParsePreamble(cpre[:]); err != nil || p.FileID != newID {
+		lg.Printf("kmsfs: %s does not hold the file ID its name says; left alone", name)
+		return nil
+	}
+	var root unix.Stat_t
+	if err := unix.Fstat(dir.Fd(), &root); err != nil {
+		return err
+	}
+	// The file: a regular file of the backing file system with that
+	// inode.
 	target := ""
 	err = dir.Walk(func(rel string, _ int, _ string, st *unix.Stat_t) error {
-		if st.Ino == ino && st.Mode&unix.S_IFMT == unix.S_IFREG {
+		if st.Ino == ino && st.Dev == root.Dev && st.Mode&unix.S_IFMT == unix.S_IFREG && rel != name {
 			target = rel
 			return errFound
 		}
@@ -364,26 +395,36 @@ func replayOne(dir *backing.Dir, name string, ino uint64, oldID, newID [16]byte,
 		return err
 	}
 	if target == "" {
-		lg.Printf("kmsfs: an interrupted re-encryption's file is gone; removing its copy")
-		return unix.Unlinkat(dir.Fd(), name, 0)
+		// Gone, or the tree was copied elsewhere (new inode numbers):
+		// keep the copy, which may be the only good one.
+		lg.Printf("kmsfs: no file has inode %d any more for the interrupted re-encryption %s; the copy is kept (remove it if the file was deleted)", ino, name)
+		return nil
 	}
 	fd, err := dir.Open(target, unix.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("%s: %w", target, err)
 	}
 	defer unix.Close(fd)
-	var pre [header.PreambleSize]byte
-	if m, err := PreadHead(fd, pre[:]); err != nil || m < len(pre) {
-		return fmt.Errorf("%s: reading its header: %v", target, err)
-	}
-	p, err := header.ParsePreamble(pre[:])
-	if err != nil || p.FileID != oldID && p.FileID != newID {
-		lg.Printf("kmsfs: %s is not the file an interrupted re-encryption was for; removing the copy", target)
-		return unix.Unlinkat(dir.Fd(), name, 0)
-	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
+	}
+	var pre [header.PreambleSize]byte
+	m, rerr := PreadHead(fd, pre[:])
+	p, perr := header.ParsePreamble(pre[:])
+	switch {
+	case rerr == nil && m == len(pre) && perr == nil && p.FileID != oldID && p.FileID != newID:
+		// Another file has that inode now: the re-encryption's file was
+		// deleted and its inode reused.
+		lg.Printf("kmsfs: %s is not the file an interrupted re-encryption was for; removing the copy %s", target, name)
+		if err := unix.Unlinkat(dir.Fd(), name, 0); err != nil {
+			return err
+		}
+		return syncDir(dir)
+	case st.Size != cst.Size && (rerr != nil || m < len(pre) || perr != nil):
+		// A damaged header and another size: not provably ours.
+		lg.Printf("kmsfs: %s has a damaged header and is not the size of the interrupted re-encryption %s; the copy is kept", target, name)
+		return nil
 	}
 	if err := finishReencrypt(cfd, fd, cst.Size, dir, name); err != nil {
 		return fmt.Errorf("%s: %w", target, err)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log"
 	"os"
 	"path/filepath"
@@ -233,6 +232,12 @@ func TestReencryptCrash(t *testing.T) {
 		if !strings.Contains(buf.String(), "finished its interrupted re-encryption") {
 			t.Errorf("replay log %q", buf.String())
 		}
+		// The File that failed past its commit point refuses service
+		// until a new mount (a new File) finds the file finished.
+		if _, err := e.openFlags(syscall.O_RDWR); !errors.Is(err, syscall.EIO) {
+			t.Errorf("Open after a failure past the commit point = %v, want EIO", err)
+		}
+		e.f = New(e.cfg, func() string { return e.name })
 		e.check(e.open(), m)
 	}
 }
@@ -245,32 +250,49 @@ func TestReplayReencryptStrays(t *testing.T) {
 	if err := syscall.Stat(e.path, &st); err != nil {
 		t.Fatal(err)
 	}
-	var other, gone [16]byte
-	other[0], gone[0] = 7, 8
-	strays := []string{
-		reencryptTmp,                           // unfinished: removed
-		reencryptName(st.Ino, other, other),    // the file has another ID: removed, file untouched
-		reencryptName(st.Ino+1000, gone, gone), // no such inode: removed
+	// withID is a well-formed copy whose header names file ID id.
+	withID := func(id [16]byte) []byte {
+		b := bytes.Clone(want)
+		copy(b[16:32], id[:])
+		return b
 	}
-	for _, s := range strays {
-		if err := os.WriteFile(filepath.Join(e.dir, s), bytes.Repeat([]byte{1}, len(want)), 0o600); err != nil {
+	var o1, o2, g1, g2 [16]byte
+	o1[0], o2[0], g1[0], g2[0] = 1, 2, 3, 4
+	for _, tc := range []struct {
+		name    string
+		content []byte
+		kept    bool
+	}{
+		{reencryptTmp, want, false},                                               // unfinished: removed
+		{reencryptName(st.Ino, o1, o2), withID(o2), false},                        // the file has another ID: removed
+		{reencryptName(st.Ino+1000, g1, g2), withID(g2), true},                    // no such inode: kept, it may be the only copy
+		{reencryptName(st.Ino+2000, g1, g2), bytes.Repeat([]byte{1}, 5000), true}, // not a copy: left alone
+		{ReencryptPrefix + "junk", nil, true},                                     // not a name kmsfs makes
+	} {
+		if err := os.WriteFile(filepath.Join(e.dir, tc.name), tc.content, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(e.dir, ReencryptPrefix+"junk"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := ReplayReencrypt(dir, log.New(io.Discard, "", 0)); err != nil {
+	var buf bytes.Buffer
+	if err := ReplayReencrypt(dir, log.New(&buf, "", 0)); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(e.backing(), want) {
 		t.Error("a stray copy changed the file")
 	}
-	if l := leftovers(t, e.dir); len(l) != 1 || l[0] != ReencryptPrefix+"junk" {
-		t.Errorf("left: %v, want only the name kmsfs did not make", l)
+	left := strings.Join(leftovers(t, e.dir), " ")
+	for _, n := range []string{reencryptName(st.Ino+1000, g1, g2), reencryptName(st.Ino+2000, g1, g2), ReencryptPrefix + "junk"} {
+		if !strings.Contains(left, n) {
+			t.Errorf("%s was removed", n)
+		}
 	}
-	if p, _ := PendingReencrypt(dir); p {
-		t.Error("PendingReencrypt after the replay")
+	for _, n := range []string{reencryptTmp, reencryptName(st.Ino, o1, o2)} {
+		if strings.Contains(left, n) {
+			t.Errorf("%s was kept", n)
+		}
+	}
+	if !strings.Contains(buf.String(), "the copy is kept") {
+		t.Errorf("log %q does not say a copy was kept", buf.String())
 	}
 }
 

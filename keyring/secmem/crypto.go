@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"fmt"
+	"reflect"
 )
 
 // NewAESGCM returns AES-GCM under key. With randomNonce, Seal draws the
@@ -24,8 +25,12 @@ func NewAESGCM(key []byte, randomNonce bool) (cipher.AEAD, error) {
 			err = fmt.Errorf("aes: %w", err)
 			return
 		}
-		// GCM keeps its own copy of the AES state.
-		defer Wipe(b)
+		// GCM keeps its own copy of the AES state, unless that state
+		// points into b (s390x keeps the key in a slice): wipe b only if
+		// nothing can point into it.
+		if t := reflect.TypeOf(b); t.Kind() == reflect.Pointer && !hasPointers(t.Elem()) {
+			defer Wipe(b)
+		}
 		if randomNonce {
 			aead, err = cipher.NewGCMWithRandomNonce(b)
 		} else {
