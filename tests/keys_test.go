@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -209,7 +210,10 @@ func TestRewrap(t *testing.T) {
 // stay readable after each kill, and a final run must finish the job.
 func TestRewrapCrash(t *testing.T) {
 	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
+	if s, err := strconv.ParseInt(os.Getenv("KMSFS_TEST_SEED"), 10, 64); err == nil {
+		seed = s // to replay a failed run
+	}
+	t.Logf("seed %d (KMSFS_TEST_SEED replays it)", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 1))
 	v := newVolume(t, withInitArgs("--reuse-files", "7"))
 	const n = 150

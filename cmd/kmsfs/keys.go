@@ -157,27 +157,37 @@ func runRewrap(args []string) int {
 			bar.done()
 		}
 	}
-	var trustErr error
-	r, err := volume.Rewrap(ctx, vol, volume.RewrapOptions{Add: add, Remove: remove, Progress: progress, BeforeFiles: func() {
-		// The configuration now holds the new key list: so does the trust
-		// record, with removed keys kept for unlocking only until every
-		// file is rewrapped.
-		if store == nil {
-			return // keys named with --key only: nothing recorded
-		}
-		trustErr = store.Update(vol.Config.VolumeID, func(r *trust.Record) {
-			r.Epoch = vol.Config.Epoch
+	// The trust record learns the new key list before the configuration
+	// does, so that a rewrap killed at any point leaves a volume this
+	// user can mount and rewrap again: added keys are trusted, removed
+	// ones are kept for unlocking only (never for new files) until every
+	// file is rewrapped.
+	if store != nil {
+		err := store.Update(vol.Config.VolumeID, func(r *trust.Record) {
 			for _, u := range add {
 				if !slices.Contains(r.Keys, u) {
 					r.Keys = append(r.Keys, u)
 				}
 			}
 			for _, u := range remove {
-				if slices.Contains(r.Keys, u) {
+				if slices.Contains(vol.Config.Keys, u) && slices.Contains(r.Keys, u) {
 					r.Keys = slices.DeleteFunc(r.Keys, func(x string) bool { return x == u })
 					r.Retired = append(r.Retired, u)
 				}
 			}
+		})
+		if err != nil {
+			return errorf(exitError, "updating the trust record before the rewrap: %v", err)
+		}
+	}
+	var trustErr error
+	r, err := volume.Rewrap(ctx, vol, volume.RewrapOptions{Add: add, Remove: remove, Progress: progress, BeforeFiles: func() {
+		// The configuration now holds the new key list and epoch.
+		if store == nil {
+			return // keys named with --key only: nothing recorded
+		}
+		trustErr = store.Update(vol.Config.VolumeID, func(r *trust.Record) {
+			r.Epoch = max(r.Epoch, vol.Config.Epoch)
 		})
 		if mnt != "" {
 			if _, err := control.Request(mnt, "reload"); err != nil {
