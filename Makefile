@@ -8,11 +8,14 @@ GO ?= go
 # crypto/tls, crypto/x509) of older 1.26 releases that govulncheck reports.
 export GOTOOLCHAIN := go1.26.10
 
-# GOEXPERIMENT=runtimesecret (make GOEXPERIMENT=runtimesecret build) also
-# erases the stack, registers and heap that key derivations used; it is
-# off by default: it made every file open 2-3 times slower here
-# (docs/SECURITY.md, "Keys in memory"; "kmsfs version" says whether it is
-# on). The explicit wipes hold either way.
+# Build and test with runtime/secret: key derivations and key expansions
+# then erase the stack, registers and heap they used (docs/SECURITY.md,
+# "Keys in memory"; "kmsfs version" says whether it is on).
+comma := ,
+ifeq ($(findstring runtimesecret,$(GOEXPERIMENT)),)
+GOEXPERIMENT := $(if $(GOEXPERIMENT),$(GOEXPERIMENT)$(comma))runtimesecret
+endif
+export GOEXPERIMENT
 
 # Never let a build or test rewrite go.mod/go.sum, and do not stamp VCS
 # information (a clone owned by another user makes git refuse to answer).

@@ -145,9 +145,10 @@ func requireBinary(t testing.TB) {
 }
 
 // requirePlainBinary builds kmsfsPlainBin once: kmsfs as "make build"
-// builds it (the environment's GOEXPERIMENT, none by default), without
-// the race detector, whose shadow memory would make a scan of the
-// daemon's memory (TestKeysInMemory) read terabytes.
+// builds it, with GOEXPERIMENT=runtimesecret (unless the environment
+// sets GOEXPERIMENT) and without the race detector, whose shadow memory
+// would make a scan of the daemon's memory (TestKeysInMemory) read
+// terabytes.
 func requirePlainBinary(t testing.TB) {
 	t.Helper()
 	plainOnce.Do(func() {
@@ -159,6 +160,9 @@ func requirePlainBinary(t testing.TB) {
 		cmd := exec.Command("go", "build", "-o", kmsfsPlainBin, "./cmd/kmsfs")
 		cmd.Dir = root
 		cmd.Env = os.Environ()
+		if os.Getenv("GOEXPERIMENT") == "" {
+			cmd.Env = append(cmd.Env, "GOEXPERIMENT=runtimesecret")
+		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			plainErr = fmt.Errorf("go build ./cmd/kmsfs: %v\n%s", err, out)
 		}

@@ -491,8 +491,8 @@ func TestMakeInstall(t *testing.T) {
 	if out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output(); err == nil {
 		wantCommit = strings.TrimSpace(string(out))
 	}
-	if !strings.Contains(v.stdout, "\nruntime/secret: ") {
-		t.Errorf("installed kmsfs version = %q, want a runtime/secret line", v.stdout)
+	if !strings.Contains(v.stdout, "\nruntime/secret: on\n") {
+		t.Errorf("installed kmsfs version = %q, want runtime/secret on (the Makefile builds with GOEXPERIMENT=runtimesecret)", v.stdout)
 	}
 	if !strings.Contains(v.stdout, "(commit "+wantCommit+",") {
 		t.Errorf("installed kmsfs version = %q, want commit %s", v.stdout, wantCommit)

@@ -132,8 +132,8 @@ func runVersion(args []string) int {
 		}
 	}
 	fmt.Printf("kmsfs %s (commit %s, format version 1)\n", v, c)
-	// Whether key derivations run under runtime/secret (a build with
-	// GOEXPERIMENT=runtimesecret; docs/SECURITY.md).
+	// Whether key derivations run under runtime/secret (the Makefile
+	// builds with GOEXPERIMENT=runtimesecret; docs/SECURITY.md).
 	fmt.Printf("runtime/secret: %s\n", onOff(secmem.Erasing))
 	return exitOK
 }

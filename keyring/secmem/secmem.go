@@ -11,7 +11,7 @@
 //   - Wipe overwrites, on the spot, the whole state behind a value the
 //     caller owns and is done with (a cipher.AEAD, a hash.Hash);
 //   - Do runs a function under runtime/secret when kmsfs is built with
-//     GOEXPERIMENT=runtimesecret (an opt-in; it costs): the stack and
+//     GOEXPERIMENT=runtimesecret (the Makefile does): the stack and
 //     registers it used are erased when it returns, and what it allocated
 //     is erased by the garbage collector once unreachable. Without the
 //     experiment Do just calls the function, and only Wipe erases.
