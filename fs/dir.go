@@ -6,16 +6,19 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/kmsfs/kmsfs/fs/names"
 )
 
 // dirHandle is a directory handle: go-fuse's stream over a descriptor
-// plus a descriptor of kmsfs's own; in the root it skips kmsfs's own
-// entries.
+// plus a descriptor of kmsfs's own. It skips kmsfs's own entries and,
+// with encrypted names, decrypts the others (an entry that does not
+// decrypt is logged and not listed).
 type dirHandle struct {
 	inner gofs.FileHandle
 	n     *Node
 	fd    int
-	hide  bool
+	id    [names.IDSize]byte // directory ID (encrypted names)
 }
 
 var (
@@ -33,9 +36,26 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	}
 	for {
 		e, errno := r.Readdirent(ctx)
-		if errno != 0 || e == nil || !d.hide || !d.n.hidden(e.Name) {
+		if errno != 0 || e == nil || e.Name == "." || e.Name == ".." {
 			return e, errno
 		}
+		if d.n.hiddenBacking(e.Name) {
+			continue
+		}
+		if d.n.t.names == nil {
+			return e, 0
+		}
+		name, skip, err := d.n.t.decryptEntry(d.fd, d.id, e.Name)
+		if skip {
+			continue
+		}
+		if err != nil {
+			d.n.t.vol.Log.Printf("kmsfs: %s: backing entry %q not listed: %v", d.n.name(), e.Name, err)
+			continue
+		}
+		out := *e
+		out.Name = name
+		return &out, 0
 	}
 }
 

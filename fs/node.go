@@ -10,6 +10,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -19,6 +20,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/fs/backing"
 	"github.com/kmsfs/kmsfs/fs/cryptfile"
+	"github.com/kmsfs/kmsfs/fs/names"
 	"github.com/kmsfs/kmsfs/fs/volume"
 )
 
@@ -28,6 +30,10 @@ type tree struct {
 	dir   *backing.Dir
 	files *cryptfile.Config
 	dev   uint64 // device of the backing root, mixed into inode numbers
+	// names encrypts entry names, symlink targets and xattrs; nil when
+	// the volume keeps them in clear. rootID is the root's directory ID.
+	names  *names.Cipher
+	rootID [names.IDSize]byte
 }
 
 // Node is one file, directory, symlink or device node of the mount.
@@ -47,6 +53,10 @@ type Node struct {
 	// are served through one of them.
 	fdMu sync.Mutex
 	fds  map[int]struct{}
+
+	// ns caches the node's directory ID and backing name (encrypted
+	// names only).
+	ns nameState
 }
 
 // Compile-time checks of the go-fuse interfaces Node implements.
@@ -81,7 +91,14 @@ func NewRoot(v *volume.Volume, files *cryptfile.Config) (*Node, error) {
 	if err := syscall.Fstat(v.Backing().Fd(), &st); err != nil {
 		return nil, err
 	}
-	t := &tree{vol: v, dir: v.Backing(), files: files, dev: uint64(st.Dev)}
+	t := &tree{vol: v, dir: v.Backing(), files: files, dev: uint64(st.Dev), names: v.Names()}
+	if t.names != nil {
+		id, err := v.RootDirID()
+		if err != nil {
+			return nil, err
+		}
+		t.rootID = id
+	}
 	return &Node{t: t}, nil
 }
 
@@ -89,28 +106,36 @@ func NewRoot(v *volume.Volume, files *cryptfile.Config) (*Node, error) {
 func (t *tree) newNode(mode uint32) *Node {
 	n := &Node{t: t}
 	if mode&syscall.S_IFMT == syscall.S_IFREG {
-		n.file = cryptfile.New(t.files, n.rel)
+		n.file = cryptfile.New(t.files, func() string { return n.Path(n.Root()) })
 	}
 	return n
 }
 
 func (n *Node) isRoot() bool { return n.EmbeddedInode() == n.Root() }
 
-// rel is the node's path relative to the backing directory ("" for the
-// root).
-func (n *Node) rel() string { return n.Path(n.Root()) }
-
-// name names the node in log lines.
+// name names the node in log lines: its path through the mount.
 func (n *Node) name() string {
-	if p := n.rel(); p != "" {
+	if p := n.Path(n.Root()); p != "" {
 		return p
 	}
 	return "/"
 }
 
-// hidden reports whether name in this directory is one of kmsfs's own
-// files (only in the root).
-func (n *Node) hidden(name string) bool { return n.isRoot() && volume.Internal(name) }
+// hidden reports whether name, seen through the mount in this directory,
+// is one of kmsfs's own files: only in the root, and only when names are
+// in clear (an encrypted name never equals one of them).
+func (n *Node) hidden(name string) bool {
+	return n.t.names == nil && n.isRoot() && volume.Internal(name)
+}
+
+// hiddenBacking reports whether the backing entry name in this directory
+// is one of kmsfs's own files, not listed through the mount.
+func (n *Node) hiddenBacking(name string) bool {
+	if n.isRoot() && volume.Internal(name) {
+		return true
+	}
+	return n.t.names != nil && names.Internal(name)
+}
 
 func (n *Node) addFd(fd int) {
 	n.fdMu.Lock()
@@ -144,7 +169,11 @@ func (n *Node) inDir(fn func(dirfd int) error) error {
 	if n.isRoot() {
 		return fn(n.t.dir.Fd())
 	}
-	fd, err := n.t.dir.OpenDir(n.rel())
+	rel, err := n.rel()
+	if err != nil {
+		return err
+	}
+	fd, err := n.t.dir.OpenDir(rel)
 	if err != nil {
 		return err
 	}
@@ -161,11 +190,15 @@ func (n *Node) atSelf(fn func(dirfd int, name string) error) error {
 	if n.isRoot() {
 		return fn(n.t.dir.Fd(), ".")
 	}
-	dir, name := backing.Split(n.rel())
-	fd, err := n.t.dir.OpenDir(dir)
+	rel, err := n.rel()
 	if err == nil {
-		err = fn(fd, name)
-		syscall.Close(fd)
+		dir, name := backing.Split(rel)
+		var fd int
+		fd, err = n.t.dir.OpenDir(dir)
+		if err == nil {
+			err = fn(fd, name)
+			syscall.Close(fd)
+		}
 	}
 	if err == syscall.ENOENT {
 		if ok, ferr := n.withAnyFd(func(fd int) error { return fn(fd, "") }); ok {
@@ -221,10 +254,16 @@ func (t *tree) stableAttr(st *syscall.Stat_t, gen uint64) gofs.StableAttr {
 	return gofs.StableAttr{Mode: st.Mode, Gen: gen, Ino: (swapped ^ swappedRoot) ^ st.Ino}
 }
 
-// fixAttr reports the plaintext size of regular files.
+// fixAttr reports the plaintext size of regular files (and of symlink
+// targets when they are encrypted).
 func (t *tree) fixAttr(a *fuse.Attr) {
-	if a.Mode&syscall.S_IFMT == syscall.S_IFREG {
+	switch a.Mode & syscall.S_IFMT {
+	case syscall.S_IFREG:
 		a.Size = uint64(cryptfile.StatSize(t.vol.Layout, int64(a.Size)))
+	case syscall.S_IFLNK:
+		if t.names != nil {
+			a.Size = linkSize(a.Size)
+		}
 	}
 }
 
@@ -258,8 +297,11 @@ func (n *Node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	}
 	var ch *gofs.Inode
 	err := n.inDir(func(dirfd int) error {
-		var err error
-		ch, err = n.child(ctx, dirfd, name, out)
+		e, err := n.entry(dirfd, name)
+		if err != nil {
+			return err
+		}
+		ch, err = n.child(ctx, dirfd, e.Backing, out)
 		return err
 	})
 	if err != nil {
@@ -406,7 +448,11 @@ func (n *Node) setSize(ctx context.Context, kf *File, size int64) syscall.Errno 
 // openBacking opens this node's backing file without following a symlink
 // that might have replaced it or any directory above it.
 func (n *Node) openBacking(flags int) (int, error) {
-	return n.t.dir.Open(n.rel(), flags, 0)
+	rel, err := n.rel()
+	if err != nil {
+		return -1, err
+	}
+	return n.t.dir.Open(rel, flags, 0)
 }
 
 // backingFlags turns the flags of a FUSE open into those for the backing
@@ -472,8 +518,14 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if flags&syscall.O_EXCL != 0 {
 			bf |= syscall.O_EXCL
 		}
-		var err error
-		if fd, err = backing.OpenAt(dirfd, name, bf, mode); err != nil {
+		e, err := n.entry(dirfd, name)
+		if err != nil {
+			return err
+		}
+		if err := ensureLong(dirfd, e); err != nil {
+			return err
+		}
+		if fd, err = backing.OpenAt(dirfd, e.Backing, bf, mode); err != nil {
 			return err
 		}
 		chownCaller(ctx, fd, "")
@@ -541,7 +593,11 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		n.t.vol.Log.Printf("kmsfs: the backing directory %s was removed", n.t.dir.Path)
 		return nil, 0, syscall.ENOENT
 	}
-	fd, err := n.t.dir.Open(n.rel(), syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	rel, err := n.rel()
+	if err != nil {
+		return nil, 0, n.pathErrno("opendir", err)
+	}
+	fd, err := n.t.dir.Open(rel, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
 	if err != nil {
 		return nil, 0, n.pathErrno("opendir", err)
 	}
@@ -558,7 +614,14 @@ func (n *Node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		return nil, 0, errno
 	}
 	n.addFd(keep)
-	return &dirHandle{inner: ds, n: n, fd: keep, hide: n.isRoot()}, 0, 0
+	d := &dirHandle{inner: ds, n: n, fd: keep}
+	if n.t.names != nil {
+		if d.id, err = n.dirID(keep); err != nil {
+			d.Releasedir(ctx, 0)
+			return nil, 0, n.errno("opendir", err)
+		}
+	}
+	return d, 0, 0
 }
 
 // CopyFileRange is refused so the kernel copies through Read and Write.
@@ -569,39 +632,70 @@ func (n *Node) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn ui
 // Mknod makes a device node, FIFO or socket; a regular file made by
 // mknod is an empty kmsfs file.
 func (n *Node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return n.make(ctx, "mknod", name, out, func(dirfd int) error {
-		return unix.Mknodat(dirfd, name, mode, int(rdev))
+	return n.make(ctx, "mknod", name, out, func(dirfd int, bname string) error {
+		return unix.Mknodat(dirfd, bname, mode, int(rdev))
 	})
 }
 
 // Mkdir makes a directory.
 func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return n.make(ctx, "mkdir", name, out, func(dirfd int) error {
-		return unix.Mkdirat(dirfd, name, mode)
+	return n.make(ctx, "mkdir", name, out, func(dirfd int, bname string) error {
+		if err := unix.Mkdirat(dirfd, bname, mode); err != nil {
+			return err
+		}
+		if n.t.names == nil {
+			return nil
+		}
+		// The new directory gets its ID before it is used; a crash before
+		// that leaves an empty directory, which gets one on first use.
+		fd, err := backing.OpenAt(dirfd, bname, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer syscall.Close(fd)
+		if _, err := writeDirID(fd); err != nil {
+			unix.Unlinkat(dirfd, bname, unix.AT_REMOVEDIR)
+			return err
+		}
+		return nil
 	})
 }
 
-// Symlink makes a symlink (stored as it is: it is only ever read).
+// Symlink makes a symlink; its target is encrypted when names are (it is
+// only ever read back, never followed by kmsfs).
 func (n *Node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return n.make(ctx, "symlink", name, out, func(dirfd int) error {
-		return unix.Symlinkat(target, dirfd, name)
+	return n.make(ctx, "symlink", name, out, func(dirfd int, bname string) error {
+		stored := target
+		if n.t.names != nil {
+			var err error
+			if stored, err = n.t.names.EncryptTarget([]byte(target)); err != nil {
+				return err
+			}
+		}
+		return unix.Symlinkat(stored, dirfd, bname)
 	})
 }
 
 // make runs mk, which creates name in this directory, gives the entry to
 // the caller and looks it up.
-func (n *Node) make(ctx context.Context, op, name string, out *fuse.EntryOut, mk func(dirfd int) error) (*gofs.Inode, syscall.Errno) {
+func (n *Node) make(ctx context.Context, op, name string, out *fuse.EntryOut, mk func(dirfd int, bname string) error) (*gofs.Inode, syscall.Errno) {
 	if n.hidden(name) {
 		return nil, syscall.EPERM
 	}
 	var ch *gofs.Inode
 	err := n.inDir(func(dirfd int) error {
-		if err := mk(dirfd); err != nil {
+		e, err := n.entry(dirfd, name)
+		if err != nil {
 			return err
 		}
-		chownCaller(ctx, dirfd, name)
-		var err error
-		ch, err = n.child(ctx, dirfd, name, out)
+		if err := ensureLong(dirfd, e); err != nil {
+			return err
+		}
+		if err := mk(dirfd, e.Backing); err != nil {
+			return err
+		}
+		chownCaller(ctx, dirfd, e.Backing)
+		ch, err = n.child(ctx, dirfd, e.Backing, out)
 		return err
 	})
 	if err != nil {
@@ -629,6 +723,11 @@ func (n *Node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if err != nil {
 		return nil, n.pathErrno("readlink", err)
 	}
+	if n.t.names != nil {
+		if out, err = n.t.names.DecryptTarget(out); err != nil {
+			return nil, n.errno("readlink", err)
+		}
+	}
 	return out, 0
 }
 
@@ -638,14 +737,14 @@ func (n *Node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if !ok {
 		return nil, syscall.EXDEV
 	}
-	return n.make(ctx, "link", name, out, func(dirfd int) error {
+	return n.make(ctx, "link", name, out, func(dirfd int, bname string) error {
 		return tn.atSelf(func(tdir int, tname string) error {
 			if tname == "" {
 				// In no directory (O_TMPFILE, or unlinked while open): linked
 				// through its descriptor.
-				return unix.Linkat(tdir, "", dirfd, name, unix.AT_EMPTY_PATH)
+				return unix.Linkat(tdir, "", dirfd, bname, unix.AT_EMPTY_PATH)
 			}
-			return unix.Linkat(tdir, tname, dirfd, name, 0)
+			return unix.Linkat(tdir, tname, dirfd, bname, 0)
 		})
 	})
 }
@@ -665,7 +764,26 @@ func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	}
 	err := n.inDir(func(olddir int) error {
 		return np.inDir(func(newdir int) error {
-			return unix.Renameat2(olddir, name, newdir, newName, uint(flags))
+			from, err := n.entry(olddir, name)
+			if err != nil {
+				return err
+			}
+			to, err := np.entry(newdir, newName)
+			if err != nil {
+				return err
+			}
+			if err := ensureLong(newdir, to); err != nil {
+				return err
+			}
+			if err := unix.Renameat2(olddir, from.Backing, newdir, to.Backing, uint(flags)); err != nil {
+				return err
+			}
+			// After an exchange both names still exist; a rename to itself
+			// keeps its name.
+			if flags&unix.RENAME_EXCHANGE == 0 && !(n == np && from == to) {
+				removeLong(olddir, from)
+			}
+			return nil
 		})
 	})
 	return n.pathErrno("rename", err)
@@ -676,7 +794,17 @@ func (n *Node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if n.hidden(name) {
 		return syscall.ENOENT
 	}
-	return n.pathErrno("unlink", n.inDir(func(dirfd int) error { return unix.Unlinkat(dirfd, name, 0) }))
+	return n.pathErrno("unlink", n.inDir(func(dirfd int) error {
+		e, err := n.entry(dirfd, name)
+		if err != nil {
+			return err
+		}
+		if err := unix.Unlinkat(dirfd, e.Backing, 0); err != nil {
+			return err
+		}
+		removeLong(dirfd, e)
+		return nil
+	}))
 }
 
 // Rmdir removes a directory.
@@ -684,7 +812,20 @@ func (n *Node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if n.hidden(name) {
 		return syscall.ENOENT
 	}
-	return n.pathErrno("rmdir", n.inDir(func(dirfd int) error { return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR) }))
+	return n.pathErrno("rmdir", n.inDir(func(dirfd int) error {
+		e, err := n.entry(dirfd, name)
+		if err != nil {
+			return err
+		}
+		if n.t.names == nil {
+			return unix.Unlinkat(dirfd, e.Backing, unix.AT_REMOVEDIR)
+		}
+		if err := rmdirAt(dirfd, e.Backing); err != nil {
+			return err
+		}
+		removeLong(dirfd, e)
+		return nil
+	}))
 }
 
 // Statfs reports the backing file system's numbers.
@@ -721,42 +862,152 @@ func (n *Node) xattrs(op string, fn func(path string) error) syscall.Errno {
 	return n.pathErrno(op, err)
 }
 
-// Getxattr reads an extended attribute.
+// Getxattr reads an extended attribute (decrypted, when names are
+// encrypted and it is in the user. or trusted. namespace).
 func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	var sz int
 	if n.StableAttr().Mode&syscall.S_IFMT == syscall.S_IFLNK {
 		return 0, syscall.ENODATA
 	}
+	if n.t.names == nil || !names.XattrEncrypted(attr) {
+		errno := n.xattrs("getxattr", func(p string) error {
+			var err error
+			sz, err = unix.Getxattr(p, attr, dest)
+			return err
+		})
+		return uint32(sz), errno
+	}
+	bname, err := n.t.names.EncryptXattrName(attr)
+	if err != nil {
+		return 0, syscall.ENODATA // too long to have been stored
+	}
+	var plain []byte
 	errno := n.xattrs("getxattr", func(p string) error {
-		var err error
-		sz, err = unix.Getxattr(p, attr, dest)
-		return err
+		buf := make([]byte, names.MaxXattrValue+names.Overhead)
+		k, err := unix.Getxattr(p, bname, buf)
+		if err != nil {
+			return err
+		}
+		if plain, err = n.t.names.DecryptXattrValue(attr, buf[:k]); err != nil {
+			n.t.vol.Log.Printf("kmsfs: getxattr %s %s: %v", n.name(), attr, err)
+			return syscall.EIO
+		}
+		return nil
 	})
-	return uint32(sz), errno
+	switch {
+	case errno != 0:
+		return 0, errno
+	case len(dest) == 0:
+		return uint32(len(plain)), 0
+	case len(dest) < len(plain):
+		return 0, syscall.ERANGE
+	}
+	return uint32(copy(dest, plain)), 0
+}
+
+// backingXattr returns the backing name of attr and, for a value, its
+// stored form.
+func (n *Node) backingXattr(attr string, data []byte) (string, []byte, syscall.Errno) {
+	if n.t.names == nil || !names.XattrEncrypted(attr) {
+		return attr, data, 0
+	}
+	bname, err := n.t.names.EncryptXattrName(attr)
+	if err != nil {
+		return "", nil, syscall.ERANGE
+	}
+	if data == nil {
+		return bname, nil, 0
+	}
+	v, err := n.t.names.EncryptXattrValue(attr, data)
+	if errors.Is(err, names.ErrTooLong) {
+		return "", nil, syscall.E2BIG
+	}
+	if err != nil {
+		return "", nil, n.errno("setxattr", err)
+	}
+	return bname, v, 0
 }
 
 // Setxattr writes an extended attribute.
 func (n *Node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return n.xattrs("setxattr", func(p string) error { return unix.Setxattr(p, attr, data, int(flags)) })
+	if data == nil {
+		data = []byte{}
+	}
+	bname, v, errno := n.backingXattr(attr, data)
+	if errno != 0 {
+		return errno
+	}
+	return n.xattrs("setxattr", func(p string) error { return unix.Setxattr(p, bname, v, int(flags)) })
 }
 
 // Removexattr removes an extended attribute.
 func (n *Node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	return n.xattrs("removexattr", func(p string) error { return unix.Removexattr(p, attr) })
+	bname, _, errno := n.backingXattr(attr, nil)
+	if errno == syscall.ERANGE {
+		return syscall.ENODATA
+	}
+	if errno != 0 {
+		return errno
+	}
+	return n.xattrs("removexattr", func(p string) error { return unix.Removexattr(p, bname) })
 }
 
-// Listxattr lists extended attribute names.
+// Listxattr lists extended attribute names (decrypted; a backing
+// attribute that does not decrypt is logged and not listed).
 func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
 	var sz int
 	if n.StableAttr().Mode&syscall.S_IFMT == syscall.S_IFLNK {
 		return 0, 0
 	}
+	if n.t.names == nil {
+		errno := n.xattrs("listxattr", func(p string) error {
+			var err error
+			sz, err = unix.Listxattr(p, dest)
+			return err
+		})
+		return uint32(sz), errno
+	}
+	var list []byte
 	errno := n.xattrs("listxattr", func(p string) error {
-		var err error
-		sz, err = unix.Listxattr(p, dest)
-		return err
+		for {
+			k, err := unix.Listxattr(p, nil)
+			if err != nil {
+				return err
+			}
+			buf := make([]byte, k+256)
+			k, err = unix.Listxattr(p, buf)
+			if err == syscall.ERANGE {
+				continue // grew in between
+			}
+			if err != nil {
+				return err
+			}
+			for _, b := range strings.Split(string(buf[:k]), "\x00") {
+				if b == "" {
+					continue
+				}
+				name := b
+				if names.XattrEncrypted(b) {
+					var err error
+					if name, err = n.t.names.DecryptXattrName(b); err != nil {
+						n.t.vol.Log.Printf("kmsfs: listxattr %s: backing attribute %q not listed: %v", n.name(), b, err)
+						continue
+					}
+				}
+				list = append(append(list, name...), 0)
+			}
+			return nil
+		}
 	})
-	return uint32(sz), errno
+	switch {
+	case errno != 0:
+		return 0, errno
+	case len(dest) == 0:
+		return uint32(len(list)), 0
+	case len(dest) < len(list):
+		return 0, syscall.ERANGE
+	}
+	return uint32(copy(dest, list)), 0
 }
 
 // pathErrno turns the error of a backing operation into an errno; a path
@@ -769,6 +1020,13 @@ func (n *Node) pathErrno(op string, err error) syscall.Errno {
 	if errors.Is(err, backing.ErrSymlink) {
 		n.t.vol.Log.Printf("kmsfs: %s %s: refused: %v", op, n.name(), err)
 		return syscall.ELOOP
+	}
+	switch {
+	case errors.Is(err, names.ErrTooLong):
+		return syscall.ENAMETOOLONG
+	case errors.Is(err, names.ErrUndecryptable), errors.Is(err, errNoDirID):
+		n.t.vol.Log.Printf("kmsfs: %s %s: %v", op, n.name(), err)
+		return syscall.EIO
 	}
 	return backing.ErrnoOf(err)
 }

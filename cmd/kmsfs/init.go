@@ -34,6 +34,9 @@ Options:
     -p, --passphrase-file F   protect a newly created local key file with the
                               passphrase in F (first line); use "-" to be
                               asked on the terminal
+        --plaintext-names     keep file names, symlink targets and extended
+                              attributes in clear in the backing directory
+                              (by default they are encrypted)
 `
 
 func runInit(args []string) int {
@@ -44,6 +47,7 @@ func runInit(args []string) int {
 	reuseFiles := fl.Int("reuse-files", volume.DefaultReuseFiles, "")
 	reuseSecs := fl.Int("reuse-seconds", volume.DefaultReuseSeconds, "")
 	strict := fl.Bool("one-key-per-file", false, "")
+	plainNames := fl.Bool("plaintext-names", false, "")
 	pos, code, ok := parseFlags(fl, args, initHelp)
 	if !ok {
 		return code
@@ -95,14 +99,19 @@ func runInit(args []string) int {
 	if *strict {
 		*reuseFiles = 1
 	}
-	cfg, err := volume.Init(context.Background(), dir, volume.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs}, res)
+	cfg, err := volume.Init(context.Background(), dir, volume.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs, PlaintextNames: *plainNames}, res)
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
 	if err := recordInit(cfg); err != nil {
 		return errorf(exitError, "recording the volume's keys as trusted: %v", err)
 	}
-	fmt.Printf("kmsfs: initialised %s (volume %s, block size %d, a data key serves up to %d files for %d s)\n", dir, cfg.VolumeID, cfg.BlockSize, cfg.ReuseFiles, cfg.ReuseSeconds)
+	fmt.Printf("kmsfs: initialised %s (volume %s, format version %d, block size %d, a data key serves up to %d files for %d s)\n", dir, cfg.VolumeID, cfg.Version, cfg.BlockSize, cfg.ReuseFiles, cfg.ReuseSeconds)
+	if cfg.EncryptedNames() {
+		fmt.Println("kmsfs: names, symlink targets and extended attributes are encrypted")
+	} else {
+		fmt.Println("kmsfs: names, symlink targets and extended attributes are stored in clear (--plaintext-names)")
+	}
 	for _, k := range cfg.Keys {
 		fmt.Printf("kmsfs: file keys wrapped under %s\n", keyring.RedactURI(k))
 	}

@@ -23,11 +23,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/awnumar/memguard"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/fs/backing"
 	"github.com/kmsfs/kmsfs/fs/cryptfile"
+	"github.com/kmsfs/kmsfs/fs/names"
 	"github.com/kmsfs/kmsfs/header"
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -90,7 +92,23 @@ type Config struct {
 	// so that a reader that remembers the last epoch it saw can refuse an
 	// older configuration restored over a newer one.
 	Epoch uint64 `json:"epoch,omitempty"`
+	// Names is "siv" or "plaintext" in a version-2 configuration, empty
+	// in version 1.
+	Names string `json:"names,omitempty"`
+	// NamesKey is the names key of an encrypted-names volume. The Volume
+	// moves it into locked memory and clears this field after reading
+	// (writeConfig puts it back for the write).
+	NamesKey []byte `json:"names_key,omitempty"`
 }
+
+// Values of Config.Names.
+const (
+	NamesSIV       = "siv"
+	NamesPlaintext = "plaintext"
+)
+
+// EncryptedNames reports whether the volume's names are encrypted.
+func (c *Config) EncryptedNames() bool { return c.Names == NamesSIV }
 
 // ErrRollback means the configuration is older than one this user has
 // already seen for the volume (a restored backup, or an attacker undoing
@@ -106,6 +124,9 @@ type InitOptions struct {
 	// ReuseFiles and ReuseSeconds bound how many new files, and for how
 	// long, one data key serves; 1 file means one data key per file.
 	ReuseFiles, ReuseSeconds int
+	// PlaintextNames keeps names, symlink targets and extended attributes
+	// in clear (a version-2 volume with "names": "plaintext").
+	PlaintextNames bool
 }
 
 // Volume is an opened kmsfs volume: its configuration and the keyrings new
@@ -136,6 +157,11 @@ type Volume struct {
 	alias   map[string]string
 	encCtx  []byte
 	shift   uint8
+
+	// names encrypts entry names (nil when they are in clear); its key is
+	// namesKey, in locked memory.
+	names    *names.Cipher
+	namesKey *memguard.LockedBuffer
 }
 
 // OpenOptions are the optional parts of opening a volume.
@@ -253,8 +279,16 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	cfg := Config{Format: "kmsfs", Version: 1, VolumeID: hex.EncodeToString(id[:]), BlockSize: blockSize, Keys: keyURIs,
-		ReuseFiles: o.ReuseFiles, ReuseSeconds: o.ReuseSeconds}
+	cfg := Config{Format: "kmsfs", Version: 2, VolumeID: hex.EncodeToString(id[:]), BlockSize: blockSize, Keys: keyURIs,
+		ReuseFiles: o.ReuseFiles, ReuseSeconds: o.ReuseSeconds, Names: NamesPlaintext}
+	if !o.PlaintextNames {
+		cfg.Names = NamesSIV
+		cfg.NamesKey = make([]byte, names.KeySize)
+		if _, err := rand.Read(cfg.NamesKey); err != nil {
+			return nil, fmt.Errorf("init: %w", err)
+		}
+		defer func() { clear(cfg.NamesKey); cfg.NamesKey = nil }()
+	}
 	v := &Volume{Dir: dir, dir: d, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0), trusted: map[string]bool{}, retired: map[string]bool{}}
 	for _, u := range keyURIs {
 		v.trusted[u] = true
@@ -329,6 +363,9 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 		}
 	}
 	cfg, err := v.readConfig(ctx)
+	if err == nil {
+		err = v.takeNamesKey(cfg)
+	}
 	if err != nil {
 		d.Close()
 		return nil, err
@@ -457,6 +494,7 @@ func (v *Volume) readConfig(ctx context.Context) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", cpath, ErrBadConfig, err)
 	}
+	defer clear(plain)
 	c, err := ParseConfig(plain)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cpath, err)
@@ -488,8 +526,16 @@ func ParseConfig(plain []byte) (*Config, error) {
 	}
 	id, err := hex.DecodeString(c.VolumeID)
 	switch {
-	case c.Format != "kmsfs" || c.Version != 1:
+	case c.Format != "kmsfs" || (c.Version != 1 && c.Version != 2):
 		return nil, fmt.Errorf("%w: format %q version %d is not supported by this kmsfs", ErrBadConfig, c.Format, c.Version)
+	case c.Version == 1 && (c.Names != "" || c.NamesKey != nil):
+		return nil, fmt.Errorf("%w: a version-1 configuration with names settings", ErrBadConfig)
+	case c.Version == 2 && c.Names != NamesSIV && c.Names != NamesPlaintext:
+		return nil, fmt.Errorf("%w: names %q, want %q or %q", ErrBadConfig, c.Names, NamesSIV, NamesPlaintext)
+	case c.Names == NamesSIV && len(c.NamesKey) != names.KeySize:
+		return nil, fmt.Errorf("%w: names key of %d bytes, want %d", ErrBadConfig, len(c.NamesKey), names.KeySize)
+	case c.Names == NamesPlaintext && c.NamesKey != nil:
+		return nil, fmt.Errorf("%w: a names key with plaintext names", ErrBadConfig)
 	case err != nil || len(id) != 16 || hex.EncodeToString(id) != c.VolumeID:
 		return nil, fmt.Errorf("%w: volume ID %q is not 32 lowercase hex digits", ErrBadConfig, c.VolumeID)
 	case len(c.Keys) == 0 || len(c.Keys) > header.MaxSlots:
@@ -529,6 +575,9 @@ func (v *Volume) setConfig(cfg *Config) {
 // key list of a mounted volume).
 func (v *Volume) Reload(ctx context.Context) error {
 	cfg, err := v.readConfig(ctx)
+	if err == nil {
+		err = v.takeNamesKey(cfg)
+	}
 	if err != nil {
 		return err
 	}
@@ -545,10 +594,19 @@ func (v *Volume) Reload(ctx context.Context) error {
 // the old one, and the directory synced.
 func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 	cfg.Epoch++
+	if cfg.EncryptedNames() && cfg.NamesKey == nil {
+		// The key lives in locked memory; it is carried over unchanged.
+		if v.namesKey == nil {
+			return errors.New("writing configuration: the names key is not loaded")
+		}
+		cfg.NamesKey = v.namesKey.Bytes()
+		defer func() { cfg.NamesKey = nil }()
+	}
 	plain, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
 	}
+	defer clear(plain)
 	ks := newKeySource(v, cfg.Keys, 1, time.Second, 0)
 	defer ks.close()
 	hdr, fk, err := ks.fileKeys(ctx)
@@ -752,6 +810,7 @@ func (v *Volume) Close() {
 		ks.close()
 	}
 	v.res.Cache().Purge()
+	v.closeNames()
 	v.dir.Close()
 }
 
