@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"sync"
@@ -151,15 +150,19 @@ func (n *Node) dirID(dirfd int) ([names.IDSize]byte, error) {
 	return id, nil
 }
 
-// readDirID reads kmsfs.dirid in dirfd.
+// readDirID reads kmsfs.dirid in dirfd. A missing one is ENOENT; one
+// that is not a 16-byte regular file is errNoDirID.
 func readDirID(dirfd int) ([names.IDSize]byte, error) {
 	var id [names.IDSize]byte
-	b, err := readSmall(dirfd, names.DirIDName, names.IDSize+1)
-	if err != nil {
+	b, err := backing.ReadSmall(dirfd, names.DirIDName, names.IDSize+1)
+	if errors.Is(err, syscall.ENOENT) {
 		return id, err
 	}
+	if err != nil {
+		return id, fmt.Errorf("%w: %v", errNoDirID, err)
+	}
 	if len(b) != names.IDSize {
-		return id, errNoDirID
+		return id, fmt.Errorf("%w: it is %d bytes", errNoDirID, len(b))
 	}
 	copy(id[:], b)
 	return id, nil
@@ -184,7 +187,7 @@ func writeDirID(dirfd int) ([names.IDSize]byte, error) {
 func writeSmall(dirfd int, name string, data []byte) error {
 	fd, err := backing.OpenAt(dirfd, name, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_CLOEXEC, 0o400)
 	if errors.Is(err, syscall.EEXIST) {
-		if got, rerr := readSmall(dirfd, name, len(data)+1); rerr == nil && bytes.Equal(got, data) {
+		if got, rerr := backing.ReadSmall(dirfd, name, len(data)+1); rerr == nil && bytes.Equal(got, data) {
 			return nil
 		}
 		return err
@@ -215,18 +218,6 @@ func syncDirFd(dirfd int) error {
 	}
 	defer syscall.Close(fd)
 	return syscall.Fsync(fd)
-}
-
-// readSmall reads the file name in dirfd, at most max bytes (O_NONBLOCK:
-// a FIFO planted there must not hang the mount).
-func readSmall(dirfd int, name string, max int) ([]byte, error) {
-	fd, err := backing.OpenAt(dirfd, name, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), name)
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, int64(max)))
 }
 
 // emptyDir reports whether the directory dirfd has no entries but kmsfs's
@@ -268,15 +259,24 @@ func (n *Node) entry(dirfd int, name string) (names.Entry, error) {
 }
 
 // ensureLong writes the file that holds a long entry's encoded name, so
-// that it exists before the entry does.
-func ensureLong(dirfd int, e names.Entry) error {
+// that it exists before the entry does. The returned undo removes it
+// again if this call made it (for when the entry is not created after
+// all).
+func ensureLong(dirfd int, e names.Entry) (undo func(), err error) {
+	undo = func() {}
 	if !e.Long() {
-		return nil
+		return undo, nil
 	}
-	if err := writeSmall(dirfd, e.Backing+names.LongSuffix, []byte(e.Encoded)); err != nil {
-		return fmt.Errorf("writing the long name file: %w", err)
+	name := e.Backing + names.LongSuffix
+	var st unix.Stat_t
+	existed := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+	if err := writeSmall(dirfd, name, []byte(e.Encoded)); err != nil {
+		return undo, fmt.Errorf("writing the long name file: %w", err)
 	}
-	return nil
+	if !existed {
+		undo = func() { unix.Unlinkat(dirfd, name, 0) }
+	}
+	return undo, nil
 }
 
 // removeLong removes a long entry's name file once the entry is gone.
@@ -294,7 +294,7 @@ func (t *tree) decryptEntry(dirfd int, id [names.IDSize]byte, b string) (name st
 	}
 	enc := b
 	if names.IsLong(b) {
-		raw, err := readSmall(dirfd, b+names.LongSuffix, 4096)
+		raw, err := backing.ReadSmall(dirfd, b+names.LongSuffix, 4096)
 		if err != nil {
 			return "", false, fmt.Errorf("reading its long name file: %w", err)
 		}
@@ -317,6 +317,18 @@ func linkSize(stored uint64) uint64 {
 // rmdirAt removes the empty directory name (backing) in dirfd: kmsfs's
 // own files in it go first. A directory with entries is ENOTEMPTY.
 func rmdirAt(dirfd int, name string) error {
+	if err := clearOwn(dirfd, name); err != nil {
+		return err
+	}
+	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+}
+
+// clearOwn removes kmsfs's own files (directory ID, long-name files) from
+// the directory name in dirfd if it has no other entry, so that it can be
+// removed or renamed over; otherwise it is ENOTEMPTY. A directory left
+// without its ID (the removal then failed) is empty, and gets a new ID
+// when next used.
+func clearOwn(dirfd int, name string) error {
 	fd, err := backing.OpenAt(dirfd, name, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -336,5 +348,5 @@ func rmdirAt(dirfd int, name string) error {
 			return err
 		}
 	}
-	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	return nil
 }

@@ -106,12 +106,22 @@ func NewRoot(v *volume.Volume, files *cryptfile.Config) (*Node, error) {
 func (t *tree) newNode(mode uint32) *Node {
 	n := &Node{t: t}
 	if mode&syscall.S_IFMT == syscall.S_IFREG {
-		n.file = cryptfile.New(t.files, func() string { return n.Path(n.Root()) })
+		n.file = cryptfile.New(t.files, n.backingRel)
 	}
 	return n
 }
 
 func (n *Node) isRoot() bool { return n.EmbeddedInode() == n.Root() }
+
+// backingRel is the node's backing path for the engine, which journals
+// writes by it ("" when the node has none: it is then not journaled).
+func (n *Node) backingRel() string {
+	rel, err := n.rel()
+	if err != nil {
+		return ""
+	}
+	return rel
+}
 
 // name names the node in log lines: its path through the mount.
 func (n *Node) name() string {
@@ -522,10 +532,12 @@ func (n *Node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if err != nil {
 			return err
 		}
-		if err := ensureLong(dirfd, e); err != nil {
+		undo, err := ensureLong(dirfd, e)
+		if err != nil {
 			return err
 		}
 		if fd, err = backing.OpenAt(dirfd, e.Backing, bf, mode); err != nil {
+			undo()
 			return err
 		}
 		chownCaller(ctx, fd, "")
@@ -688,10 +700,12 @@ func (n *Node) make(ctx context.Context, op, name string, out *fuse.EntryOut, mk
 		if err != nil {
 			return err
 		}
-		if err := ensureLong(dirfd, e); err != nil {
+		undo, err := ensureLong(dirfd, e)
+		if err != nil {
 			return err
 		}
 		if err := mk(dirfd, e.Backing); err != nil {
+			undo()
 			return err
 		}
 		chownCaller(ctx, dirfd, e.Backing)
@@ -772,10 +786,20 @@ func (n *Node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 			if err != nil {
 				return err
 			}
-			if err := ensureLong(newdir, to); err != nil {
+			undo, err := ensureLong(newdir, to)
+			if err != nil {
 				return err
 			}
-			if err := unix.Renameat2(olddir, from.Backing, newdir, to.Backing, uint(flags)); err != nil {
+			err = unix.Renameat2(olddir, from.Backing, newdir, to.Backing, uint(flags))
+			if (err == syscall.ENOTEMPTY || err == syscall.EEXIST) && n.t.names != nil && flags&(unix.RENAME_EXCHANGE|unix.RENAME_NOREPLACE) == 0 {
+				// Over a directory that is empty through the mount: its
+				// own directory ID goes first.
+				if err = clearOwn(newdir, to.Backing); err == nil {
+					err = unix.Renameat2(olddir, from.Backing, newdir, to.Backing, uint(flags))
+				}
+			}
+			if err != nil {
+				undo()
 				return err
 			}
 			// After an exchange both names still exist; a rename to itself

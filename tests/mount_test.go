@@ -433,9 +433,11 @@ func (v *volume) path(name string) string {
 	return filepath.Join(v.mnt, name)
 }
 
-// backing returns the path of name's backing entry in the cipher dir.
+// backing returns the path of the backing entry of name (a path as seen
+// through the mount) in the cipher dir: with encrypted names, each
+// component's encrypted name (see backingRel).
 func (v *volume) backing(name string) string {
-	return filepath.Join(v.cipherDir, name)
+	return filepath.Join(v.cipherDir, v.backingRel(name))
 }
 
 // mountCommand is the "kmsfs mount" command line of the volume.

@@ -524,9 +524,25 @@ func TestRename(t *testing.T) {
 }
 
 // TestSymlinks checks symbolic links: their targets are kept verbatim,
-// following them reaches the file, and they survive a remount.
+// following them reaches the file, and they survive a remount; with
+// --plaintext-names the backing symlink holds the target in clear.
 func TestSymlinks(t *testing.T) {
-	v := newVolume(t)
+	for _, plain := range []bool{false, true} {
+		t.Run(fmt.Sprintf("plaintext-names=%v", plain), func(t *testing.T) { testSymlinks(t, plain) })
+	}
+}
+
+// namesOption returns the init option of a volume with names in clear
+// (plain) or encrypted (the default).
+func namesOption(plain bool) volumeOption {
+	if plain {
+		return withInitArgs("--plaintext-names")
+	}
+	return withInitArgs()
+}
+
+func testSymlinks(t *testing.T, plain bool) {
+	v := newVolume(t, namesOption(plain))
 	bs := v.blockSize
 	want := pattern("target", bs+3)
 	writeFile(t, v.path("target.txt"), want)
@@ -554,7 +570,7 @@ func TestSymlinks(t *testing.T) {
 				t.Errorf("os.Lstat(%q) = %v, %v, want a symlink of size %d", name, fi, err, len(target))
 			}
 			// Stored in clear in the cipher dir (docs/FORMAT.md).
-			if got, err := os.Readlink(v.backing(name)); err != nil || got != target {
+			if got, err := os.Readlink(v.backing(name)); plain && (err != nil || got != target) {
 				t.Errorf("os.Readlink(backing %q) = %q, %v, want %q", name, got, err, target)
 			}
 		}
@@ -573,9 +589,16 @@ func TestSymlinks(t *testing.T) {
 	checkContent(t, v.path("target.txt"), want, bs)
 }
 
-// TestXattrs checks user.* extended attributes on files and directories.
+// TestXattrs checks user.* extended attributes on files and directories;
+// with --plaintext-names the backing files carry them in clear.
 func TestXattrs(t *testing.T) {
-	v := newVolume(t)
+	for _, plain := range []bool{false, true} {
+		t.Run(fmt.Sprintf("plaintext-names=%v", plain), func(t *testing.T) { testXattrs(t, plain) })
+	}
+}
+
+func testXattrs(t *testing.T, plain bool) {
+	v := newVolume(t, namesOption(plain))
 	writeFile(t, v.path("f"), pattern("xattr", 10))
 	if err := os.Mkdir(v.path("d"), 0o755); err != nil {
 		t.Fatalf("os.Mkdir = %v", err)
@@ -603,7 +626,11 @@ func TestXattrs(t *testing.T) {
 	check := func() {
 		t.Helper()
 		for _, name := range []string{"f", "d"} {
-			for _, p := range []string{v.path(name), v.backing(name)} {
+			paths := []string{v.path(name)}
+			if plain {
+				paths = append(paths, v.backing(name))
+			}
+			for _, p := range paths {
 				for k, val := range attrs {
 					buf := make([]byte, 8192)
 					n, err := unix.Getxattr(p, k, buf)
@@ -867,9 +894,11 @@ func TestAttributes(t *testing.T) {
 
 // TestConfHidden checks that kmsfs.conf cannot be seen, opened, created,
 // replaced or removed through the mount, while a file of that name in a
-// subdirectory is an ordinary file.
+// subdirectory is an ordinary file. This matters where names are in
+// clear (--plaintext-names, and version 1); with encrypted names no name
+// seen through the mount is stored as kmsfs.conf (tests/names_test.go).
 func TestConfHidden(t *testing.T) {
-	v := newVolume(t)
+	v := newVolume(t, withInitArgs("--plaintext-names"))
 	confPath := v.backing(confName)
 	sum := func() [32]byte {
 		b, err := os.ReadFile(confPath)

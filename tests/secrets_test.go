@@ -345,6 +345,12 @@ func testSecretsLogs(t *testing.T, withPass bool) {
 	}
 	writeFile(t, v.path("tampered-block"), plain[:20000])
 	writeFile(t, v.path("tampered-slot"), plain[:3000])
+	// Backing paths, taken while the mount can name them (the test
+	// process cannot open a key sealed by a passphrase).
+	backs := map[string]string{}
+	for _, name := range []string{"big2", "pieces", "tampered-block", "tampered-slot", confName} {
+		backs[name] = v.backing(name)
+	}
 	if err := v.unmountErr(); err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +377,7 @@ func testSecretsLogs(t *testing.T, withPass bool) {
 		secrets["the passphrase"] = []string{pass}
 	}
 	for _, name := range []string{"big2", "pieces", "tampered-block", "tampered-slot", confName} {
-		dk, ck := secretsXFileKeys(t, v.backing(name), v.keyURI, masterA)
+		dk, ck := secretsXFileKeys(t, backs[name], v.keyURI, masterA)
 		secrets["the data key of "+name] = secretsXForms(dk)
 		secrets["the content key of "+name] = secretsXForms(ck)
 	}
@@ -380,15 +386,15 @@ func testSecretsLogs(t *testing.T, withPass bool) {
 	// wrapped key of the first slot in header copy 0 (the file opens with
 	// copy 1). Key file A is moved away for the next mount: its slots
 	// fail, the daemon logs that, and files open with key B.
-	b, err := os.ReadFile(v.backing("tampered-block"))
+	b, err := os.ReadFile(backs["tampered-block"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	b[headerSize+100] ^= 1
-	if err := os.WriteFile(v.backing("tampered-block"), b, 0o644); err != nil {
+	if err := os.WriteFile(backs["tampered-block"], b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b, err = os.ReadFile(v.backing("tampered-slot"))
+	b, err = os.ReadFile(backs["tampered-slot"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +406,7 @@ func testSecretsLogs(t *testing.T, withPass bool) {
 		p += 2 + l
 	}
 	b[p-1] ^= 1
-	if err := os.WriteFile(v.backing("tampered-slot"), b, 0o644); err != nil {
+	if err := os.WriteFile(backs["tampered-slot"], b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(v.keyPath, v.keyPath+".moved"); err != nil {

@@ -404,7 +404,7 @@ func TestTamper(t *testing.T) {
 		other, mnt := filepath.Join(dir, "cipher"), filepath.Join(dir, "mnt")
 		os.Mkdir(other, 0o700)
 		os.Mkdir(mnt, 0o700)
-		if r := e.v.kmsfs("init", "--key", e.v.keyURI, other); r.code != exitOK {
+		if r := e.v.kmsfs("init", "--plaintext-names", "--key", e.v.keyURI, other); r.code != exitOK {
 			t.Fatalf("%v\nwant exit 0", r)
 		}
 		if r := e.v.kmsfs("mount", other, mnt); r.code != exitOK {

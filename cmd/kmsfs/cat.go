@@ -26,9 +26,9 @@ func init() {
 const catHelp = `Usage: kmsfs cat [--key URI]... [--passphrase-file F] CIPHERDIR PATH
 
 Writes one file of the volume in CIPHERDIR to stdout, without mounting it.
-PATH is the file's path inside the volume (as seen through a mount;
-names are stored in clear). Symlinks are not followed, neither in PATH
-nor to it. Keys are used only if trusted, as for mount.
+PATH is the file's path inside the volume, as seen through a mount
+(with encrypted names, cat encrypts each component to find the backing
+file). Symlinks are not followed, neither in PATH nor to it. Keys are used only if trusted, as for mount.
 
 If a block of the file is damaged, the output stops before it and cat
 fails with an error naming the block.
@@ -72,10 +72,14 @@ func runCat(args []string) int {
 	switch {
 	case rel == "" || rel == ".":
 		return errorf(exitError, "%s: the volume's root is a directory; name a file in it", pos[1])
-	case volume.Internal(rel):
+	case vol.Names() == nil && volume.Internal(rel):
 		return errorf(exitError, "%s is kmsfs's own file, not part of the volume's contents", rel)
 	}
-	fd, err := vol.Backing().Open(rel, syscall.O_RDONLY, 0)
+	brel, err := vol.BackingPath(rel)
+	if err != nil {
+		return errorf(exitError, "%s: %s", rel, printable(err.Error()))
+	}
+	fd, err := vol.Backing().Open(brel, syscall.O_RDONLY, 0)
 	if err != nil {
 		switch {
 		case errors.Is(err, syscall.ENOENT):

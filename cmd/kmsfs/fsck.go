@@ -19,7 +19,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/fs/backing"
 	"github.com/kmsfs/kmsfs/fs/cryptfile"
+	"github.com/kmsfs/kmsfs/fs/names"
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
 )
@@ -34,15 +36,22 @@ Checks the volume in CIPHERDIR without mounting it: its configuration,
 the header of every regular file (both copies), every key slot, every
 block (each one is decrypted), the size of every file (a damaged tail),
 and the write journal (a record left in it is a write the server did not
-finish). Each problem is listed with its file, and its block or header
+finish). In a volume with encrypted names it also checks that every name
+and symlink target decrypts (an entry moved from another directory or
+planted in the backing directory does not), every directory's ID
+(kmsfs.dirid) and every long name's .name file. Each problem is listed
+with its file, by its path as seen through a mount (or, if its name
+cannot be decrypted, by its path in CIPHERDIR), and its block or header
 copy. Keys are used only if trusted (as for mount); a slot naming a key
 not trusted here is counted, never contacted.
 
 With --repair, fsck first replays and clears the write journal (as a mount
 would), then restores each damaged header copy from its valid twin (byte
 for byte: both copies hold the same slots, and the valid one authenticates
-itself). Nothing else is repaired: a damaged block, a damaged tail, or a
-header with no valid copy is reported, never guessed. --repair refuses a
+itself), and removes the .name files of long names whose entry is gone
+(harmless leftovers). Nothing else is repaired: a damaged block, a
+damaged tail, a header with no valid copy, a name that does not decrypt
+or a damaged directory ID is reported, never guessed. --repair refuses a
 volume that is mounted read-write.
 
 Options:
@@ -54,8 +63,9 @@ Options:
     -q, --quiet               no progress bar (there is none unless stderr
                               is a terminal)
 
-Exit status: 0 clean (after --repair: nothing left to repair), 6 damage
-found (a header, a block, a tail or a journal record), 4 a key is
+Exit status: 0 clean (after --repair: nothing left to repair; leftover
+.name files do not count), 6 damage found (a header, a block, a tail, a
+journal record, a name, a symlink target or a directory ID), 4 a key is
 unavailable (a file could not be checked, or a trusted key of a slot
 failed) and nothing is damaged, 3 not a kmsfs volume or its
 configuration is damaged or unreadable, 1 any other error.
@@ -71,24 +81,35 @@ const (
 	probJournal    = "journal"     // a record left in the write journal
 	probKey        = "key"         // the file could not be checked: no trusted key works
 	probError      = "error"       // the file could not be read
+	// Encrypted names (docs/FORMAT.md, "Names (version 2)").
+	probName    = "name"        // a name that does not decrypt, or a long name whose .name file is missing or does not match
+	probSymlink = "symlink"     // a symlink target that does not decrypt
+	probDirID   = "dirid"       // a directory whose kmsfs.dirid is missing or damaged: its entries cannot be named
+	probOrphan  = "orphan-name" // a long name's .name file whose entry is gone: harmless
 )
 
 // fsckProblem is one problem fsck found.
 type fsckProblem struct {
-	File     string  `json:"file"`
-	Kind     string  `json:"kind"`
-	Copy     *int    `json:"copy,omitempty"`
-	Block    *uint64 `json:"block,omitempty"`
-	Slot     *int    `json:"journal_slot,omitempty"`
-	Key      string  `json:"key,omitempty"`
-	Detail   string  `json:"detail"`
-	Repaired bool    `json:"repaired"`
+	// File is the path as seen through a mount, or the backing path if
+	// the name cannot be decrypted (NameError then says why).
+	File string `json:"file"`
+	// Backing is the path in the backing directory (volumes with
+	// encrypted names only).
+	Backing   string  `json:"backing,omitempty"`
+	NameError string  `json:"name_error,omitempty"`
+	Kind      string  `json:"kind"`
+	Copy      *int    `json:"copy,omitempty"`
+	Block     *uint64 `json:"block,omitempty"`
+	Slot      *int    `json:"journal_slot,omitempty"`
+	Key       string  `json:"key,omitempty"`
+	Detail    string  `json:"detail"`
+	Repaired  bool    `json:"repaired"`
 }
 
 // damage reports whether the problem is damage (as opposed to a key or
-// an I/O problem).
+// an I/O problem, or a harmless leftover).
 func (p *fsckProblem) damage() bool {
-	return p.Kind != probKey && p.Kind != probError
+	return p.Kind != probKey && p.Kind != probError && p.Kind != probOrphan
 }
 
 // fsckSlotKey sums up the key slots naming one key across the volume.
@@ -107,17 +128,21 @@ type fsckSlotKey struct {
 
 // fsckReport is the output of "kmsfs fsck".
 type fsckReport struct {
-	Dir      string         `json:"cipher_dir"`
-	VolumeID string         `json:"volume_id,omitempty"`
-	Files    int            `json:"files"` // regular files, not counting the configuration
-	Blocks   uint64         `json:"blocks"`
-	Problems []fsckProblem  `json:"problems"`
-	Keys     []fsckSlotKey  `json:"key_slots"`
-	Notes    []string       `json:"notes,omitempty"`
-	Result   string         `json:"result"`
-	Exit     int            `json:"exit_code"`
-	Error    string         `json:"error,omitempty"`
-	keys     map[string]int // index in Keys by URI
+	Dir      string `json:"cipher_dir"`
+	VolumeID string `json:"volume_id,omitempty"`
+	// FormatVersion and Names are the configuration's: Names is "siv"
+	// (encrypted) or "plaintext", empty in version 1.
+	FormatVersion int            `json:"format_version,omitempty"`
+	Names         string         `json:"names,omitempty"`
+	Files         int            `json:"files"` // regular files, not counting the configuration
+	Blocks        uint64         `json:"blocks"`
+	Problems      []fsckProblem  `json:"problems"`
+	Keys          []fsckSlotKey  `json:"key_slots"`
+	Notes         []string       `json:"notes,omitempty"`
+	Result        string         `json:"result"`
+	Exit          int            `json:"exit_code"`
+	Error         string         `json:"error,omitempty"`
+	keys          map[string]int // index in Keys by URI
 }
 
 func runFsck(args []string) int {
@@ -177,6 +202,7 @@ type fsck struct {
 	r      *fsckReport
 	repair bool
 	vol    *volume.Volume
+	paths  *volume.Paths // names backing paths (encrypted names)
 	bar    *progressBar
 	// total and done count backing bytes, for the progress bar.
 	total, done int64
@@ -202,7 +228,8 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 	defer vol.Close()
 	c.notes(&logBuf) // what opening said: keys not trusted or not usable
 	c.vol = vol
-	c.r.VolumeID = vol.Config.VolumeID
+	c.paths = vol.NewPaths()
+	c.r.VolumeID, c.r.FormatVersion, c.r.Names = vol.Config.VolumeID, vol.Config.Version, vol.Config.Names
 	bd := vol.Backing()
 	maxData := cryptfile.JournalDataSize(vol.Layout)
 
@@ -250,13 +277,20 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 		size int64
 	}
 	var files []entry
-	err = bd.Walk(func(rel string, _ int, name string, st *unix.Stat_t) error {
+	var orphans []string
+	err = bd.Walk(func(rel string, dirfd int, name string, st *unix.Stat_t) error {
+		if vol.Names() != nil {
+			// Names, directory IDs, long-name files and symlink targets.
+			if c.checkNames(rel, dirfd, name, st) {
+				orphans = append(orphans, rel)
+			}
+		}
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return nil
 		}
 		// The configuration is a kmsfs file like any other; its temporary
-		// copy and the journal are not.
-		if rel == name && volume.Internal(name) && name != volume.ConfigName {
+		// copy, the journal, directory IDs and long-name files are not.
+		if vol.Internal(rel) && rel != volume.ConfigName {
 			return nil
 		}
 		files = append(files, entry{rel, st.Size})
@@ -266,6 +300,7 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 	if err != nil {
 		return c.fail(exitError, fmt.Errorf("listing %s: %w", c.r.Dir, err))
 	}
+	c.orphans(orphans)
 	for i, f := range files {
 		if err := ctx.Err(); err != nil {
 			return c.fail(exitError, fmt.Errorf("interrupted after %d of %d files", i, len(files)))
@@ -277,6 +312,202 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 		}
 	}
 	return c.exitCode()
+}
+
+// at returns p with its file named: by its plaintext path where it can
+// be decrypted, else by its backing path and why (volumes with encrypted
+// names); rel is the backing path.
+func (c *fsck) at(rel string, p fsckProblem) fsckProblem {
+	p.File = rel
+	if c.vol.Names() == nil {
+		return p
+	}
+	p.Backing = rel
+	name, err := c.paths.Plain(rel)
+	if err == nil {
+		p.File = name
+		return p
+	}
+	p.NameError = nameError(rel, err)
+	return p
+}
+
+// show names the backing path rel in a message: by its plaintext path
+// where it can be decrypted, else as a backing path.
+func (c *fsck) show(rel string) string {
+	if c.vol.Names() == nil {
+		return rel
+	}
+	if name, err := c.paths.Plain(rel); err == nil {
+		return name
+	}
+	return "backing path " + rel
+}
+
+// nameErrOwn is the nameError of an entry whose own name does not
+// decrypt (its problem of kind probName says more).
+const nameErrOwn = "its name does not decrypt"
+
+// nameError says briefly why the backing path rel cannot be named.
+func nameError(rel string, err error) string {
+	var pe *volume.PathError
+	switch {
+	case !errors.As(err, &pe):
+		return err.Error()
+	case errors.Is(err, volume.ErrNoDirID):
+		return fmt.Sprintf("the directory ID of %s is missing or damaged", dirOrRoot(pe.Backing))
+	case pe.Backing != rel:
+		return fmt.Sprintf("the name of %s does not decrypt", pe.Backing)
+	case errors.Is(err, names.ErrUndecryptable), errors.Is(err, volume.ErrLongName):
+		return nameErrOwn
+	}
+	return pe.Err.Error()
+}
+
+// dirOrRoot names the directory of the backing path rel.
+func dirOrRoot(rel string) string {
+	if d, _ := backing.Split(rel); d != "" {
+		return d
+	}
+	return "the root"
+}
+
+// checkNames checks one backing entry of a volume with encrypted names
+// (as Walk gives it): that its name decrypts, a directory's ID, a
+// symlink's target. It reports whether the entry is a long name's .name
+// file whose entry is gone.
+func (c *fsck) checkNames(rel string, dirfd int, name string, st *unix.Stat_t) (orphan bool) {
+	dir, _ := backing.Split(rel)
+	typ := st.Mode & unix.S_IFMT
+	switch {
+	case dir == "" && volume.Internal(name):
+		return false // the root's own files (checked as files)
+	case name == names.DirIDName:
+		if dir == "" {
+			c.r.Notes = append(c.r.Notes, fmt.Sprintf("%s in the root is not used (the root's directory ID is the volume ID); it can be removed", names.DirIDName))
+		}
+		return false // checked with its directory
+	case names.Internal(name):
+		if typ != unix.S_IFREG {
+			c.problem(c.at(rel, fsckProblem{Kind: probName, Detail: fmt.Sprintf("not a regular file: kmsfs keeps only a long name's %s file under this name; not written by kmsfs", names.LongSuffix)}))
+			return false
+		}
+		var est unix.Stat_t
+		err := unix.Fstatat(dirfd, strings.TrimSuffix(name, names.LongSuffix), &est, unix.AT_SYMLINK_NOFOLLOW)
+		return errors.Is(err, unix.ENOENT)
+	}
+	if _, err := c.paths.Name(rel); err != nil {
+		long := names.IsLong(name)
+		in := "the root"
+		if dir != "" {
+			in = c.show(dir)
+		}
+		var detail string
+		switch {
+		case errors.Is(err, volume.ErrNoDirID):
+			// Reported once, with its directory.
+		case errors.Is(err, volume.ErrLongName):
+			detail = fmt.Sprintf("a long name (in %s) whose %s file is missing or not a regular file: the entry cannot be named, and does not show through the mount", in, names.LongSuffix)
+		case errors.Is(err, names.ErrUndecryptable) && long:
+			detail = fmt.Sprintf("a long name (in %s) whose %s file does not match it or does not decrypt: the entry does not show through the mount", in, names.LongSuffix)
+		case errors.Is(err, names.ErrUndecryptable):
+			detail = fmt.Sprintf("the name does not decrypt in its directory (%s): an entry moved there from another directory, damaged, or not written by kmsfs; it does not show through the mount", in)
+		default:
+			c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: fmt.Sprintf("naming the entry: %v", err)}))
+		}
+		if detail != "" {
+			c.problem(c.at(rel, fsckProblem{Kind: probName, Detail: detail}))
+		}
+	}
+	switch typ {
+	case unix.S_IFDIR:
+		c.checkDirID(rel, dirfd, name)
+	case unix.S_IFLNK:
+		buf := make([]byte, unix.PathMax+1)
+		n, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: fmt.Sprintf("reading the symlink: %v", err)}))
+		} else if _, err := c.vol.Names().DecryptTarget(buf[:n]); err != nil {
+			c.problem(c.at(rel, fsckProblem{Kind: probSymlink, Detail: "the symlink's target does not decrypt: damaged or not written by kmsfs"}))
+		}
+	}
+	return false
+}
+
+// checkDirID checks the directory ID of the directory rel (name in
+// dirfd). A directory without one that is empty is a mkdir a crash
+// interrupted: a mount gives it an ID when it is used.
+func (c *fsck) checkDirID(rel string, dirfd int, name string) {
+	_, err := c.paths.DirID(rel)
+	switch {
+	case err == nil:
+		return
+	case !errors.Is(err, volume.ErrNoDirID):
+		c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: fmt.Sprintf("reading its directory ID: %v", err)}))
+		return
+	case errors.Is(err, unix.ENOENT):
+		if empty, lerr := emptyBackingDir(dirfd, name); lerr == nil && empty {
+			c.r.Notes = append(c.r.Notes, fmt.Sprintf("%s: an empty directory without a directory ID (%s), left by an interrupted mkdir: a mount gives it one", c.show(rel), names.DirIDName))
+			return
+		}
+	}
+	what := "its directory ID (" + names.DirIDName + ") is missing"
+	if !errors.Is(err, unix.ENOENT) {
+		what = "its directory ID (" + names.DirIDName + ") is damaged: " + strings.TrimPrefix(err.Error(), volume.ErrNoDirID.Error()+": ")
+	}
+	c.problem(c.at(rel, fsckProblem{Kind: probDirID, Detail: what + "; the names in the directory cannot be decrypted (its entries do not show through the mount; fsck names them by their backing paths)"}))
+}
+
+// emptyBackingDir reports whether the directory name in dirfd holds
+// nothing but kmsfs's own names files.
+func emptyBackingDir(dirfd int, name string) (bool, error) {
+	fd, err := backing.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return false, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	ents, err := f.Readdirnames(-1)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ents {
+		if !names.Internal(e) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// orphans reports the long names' .name files whose entry is gone, and
+// removes them with --repair.
+func (c *fsck) orphans(rels []string) {
+	for _, rel := range rels {
+		p := c.at(rel, fsckProblem{Kind: probOrphan, Detail: "a long name's " + names.LongSuffix + " file whose entry is gone: harmless; 'kmsfs fsck --repair' removes it"})
+		if c.repair {
+			if err := c.removeOrphan(rel); err != nil {
+				p.Detail += fmt.Sprintf("; not removed: %v", err)
+			} else {
+				p.Detail, p.Repaired = "a long name's "+names.LongSuffix+" file whose entry was gone: removed", true
+			}
+		}
+		c.problem(p)
+	}
+}
+
+// removeOrphan removes the .name file rel if its entry is still gone.
+func (c *fsck) removeOrphan(rel string) error {
+	dir, name := backing.Split(rel)
+	dirfd, err := c.vol.Backing().OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dirfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, strings.TrimSuffix(name, names.LongSuffix), &st, unix.AT_SYMLINK_NOFOLLOW); !errors.Is(err, unix.ENOENT) {
+		return errors.New("its entry is back")
+	}
+	return unix.Unlinkat(dirfd, name, 0)
 }
 
 // notes adds the lines logged to b as notes, and empties b.
@@ -306,7 +537,7 @@ func (c *fsck) journal(pending, left []cryptfile.PendingWrite) {
 		}
 		switch {
 		case p.Err == nil:
-			pr.Detail = fmt.Sprintf("slot %d: an interrupted write to %s (%d bytes at offset %d), which a replay completes", p.Slot, p.Path, p.Length, p.Offset)
+			pr.Detail = fmt.Sprintf("slot %d: an interrupted write to %s (%d bytes at offset %d), which a replay completes", p.Slot, c.show(p.Path), p.Length, p.Offset)
 		case exitCode(p.Err) == exitKey && !isDamage(p.Err):
 			pr.Kind = probKey
 			pr.Detail = fmt.Sprintf("slot %d: %v", p.Slot, p.Err)
@@ -327,7 +558,7 @@ func (c *fsck) exitCode() int {
 	}
 	for _, p := range c.r.Problems {
 		switch {
-		case p.Repaired:
+		case p.Repaired, p.Kind == probOrphan:
 		case p.damage():
 			return exitDamaged
 		case p.Kind == probKey:
@@ -349,21 +580,23 @@ func (c *fsck) checkFile(ctx context.Context, rel string) {
 		fd, err = bd.Open(rel, syscall.O_RDONLY, 0)
 	}
 	if err != nil {
-		c.problem(fsckProblem{File: rel, Kind: probError, Detail: err.Error()})
+		c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: err.Error()}))
 		return
 	}
 	defer syscall.Close(fd)
 	var st syscall.Stat_t
 	if err := syscall.Fstat(fd, &st); err != nil {
-		c.problem(fsckProblem{File: rel, Kind: probError, Detail: err.Error()})
+		c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: err.Error()}))
 		return
 	}
 	l := c.vol.Layout
 	if st.Size > 0 && st.Size < l.DataOffset {
-		c.problem(fsckProblem{File: rel, Kind: probHeader, Detail: fmt.Sprintf("torn header: the file is %d bytes, shorter than its %d-byte header", st.Size, l.DataOffset)})
+		c.problem(c.at(rel, fsckProblem{Kind: probHeader, Detail: fmt.Sprintf("torn header: the file is %d bytes, shorter than its %d-byte header", st.Size, l.DataOffset)}))
 		return
 	}
-	hc, key, err := c.vol.CheckHeader(ctx, fd, rel)
+	// Errors and log lines name the file as the user knows it.
+	shown := c.show(rel)
+	hc, key, err := c.vol.CheckHeader(ctx, fd, shown)
 	if hc != nil {
 		c.checkCopies(rel, &st, hc, err == nil)
 	}
@@ -375,7 +608,7 @@ func (c *fsck) checkFile(ctx context.Context, rel string) {
 		case exitCode(err) == exitKey:
 			kind = probKey
 		}
-		c.problem(fsckProblem{File: rel, Kind: kind, Detail: strings.TrimPrefix(err.Error(), rel+": ")})
+		c.problem(c.at(rel, fsckProblem{Kind: kind, Detail: strings.TrimPrefix(err.Error(), shown+": ")}))
 		return
 	}
 	if key == nil {
@@ -389,20 +622,20 @@ func (c *fsck) checkFile(ctx context.Context, rel string) {
 	n, err := cryptfile.CheckBlocks(key.Cipher(), l, fd, func(err error) {
 		var be *blockcipher.BlockError
 		if !errors.As(err, &be) {
-			c.problem(fsckProblem{File: rel, Kind: probError, Detail: err.Error()})
+			c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: err.Error()}))
 			return
 		}
 		b, kind := be.Block, probBlock
 		if errors.Is(err, blockcipher.ErrBadCipherSize) {
 			kind = probTail // the bytes after the last whole block
 		}
-		c.problem(fsckProblem{File: rel, Kind: kind, Block: &b, Detail: fmt.Sprintf("block %d: %v", b, be.Err)})
+		c.problem(c.at(rel, fsckProblem{Kind: kind, Block: &b, Detail: fmt.Sprintf("block %d: %v", b, be.Err)}))
 	}, func(off int64) {
 		c.bar.show(base+off, c.total, fmt.Sprintf("%d files", c.r.Files))
 	})
 	c.r.Blocks += n
 	if err != nil {
-		c.problem(fsckProblem{File: rel, Kind: probError, Detail: err.Error()})
+		c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: err.Error()}))
 	}
 }
 
@@ -431,7 +664,7 @@ func (c *fsck) checkCopies(rel string, st *syscall.Stat_t, hc *volume.HeaderChec
 		if repairErr != nil {
 			detail += fmt.Sprintf("; not repaired: %v", repairErr)
 		}
-		c.problem(fsckProblem{File: rel, Kind: probHeaderCopy, Copy: &copyNo, Detail: detail, Repaired: repaired})
+		c.problem(c.at(rel, fsckProblem{Kind: probHeaderCopy, Copy: &copyNo, Detail: detail, Repaired: repaired}))
 	}
 }
 
@@ -469,7 +702,7 @@ func (c *fsck) countSlot(rel string, s volume.SlotCheck) {
 	case s.Err == nil:
 		k.Opened++
 	case errors.Is(s.Err, volume.ErrCorrupt):
-		c.problem(fsckProblem{File: rel, Kind: probSlot, Key: keyring.RedactURI(s.URI), Detail: fmt.Sprintf("key slot %s: %v", showURI(s.URI), s.Err)})
+		c.problem(c.at(rel, fsckProblem{Kind: probSlot, Key: keyring.RedactURI(s.URI), Detail: fmt.Sprintf("key slot %s: %v", showURI(s.URI), s.Err)}))
 	case errors.Is(s.Err, volume.ErrUntrusted):
 		k.Untrusted++
 	default:
@@ -489,6 +722,9 @@ func (c *fsck) print() {
 	sort.SliceStable(r.Problems, func(i, j int) bool { return r.Problems[i].File < r.Problems[j].File })
 	for _, p := range r.Problems {
 		line := fmt.Sprintf("%s: %s", p.File, p.Detail)
+		if p.NameError != "" && !(p.Kind == probName && p.NameError == nameErrOwn) {
+			line += fmt.Sprintf(" (named by its backing path: %s)", p.NameError)
+		}
 		if p.Repaired {
 			line += " [repaired]"
 		}
@@ -502,11 +738,13 @@ func (c *fsck) print() {
 			fmt.Printf("key %s: failed for %s: %s\n", showURI(k.URI), plural(int64(k.Failed), "file"), printable(k.Error))
 		}
 	}
-	var damaged, repaired, other int
+	var damaged, repaired, other, leftovers int
 	for _, p := range r.Problems {
 		switch {
 		case p.Repaired:
 			repaired++
+		case p.Kind == probOrphan:
+			leftovers++
 		case p.damage():
 			damaged++
 		default:
@@ -518,6 +756,9 @@ func (c *fsck) print() {
 		summary += "no problems"
 	} else {
 		summary += fmt.Sprintf("%d damaged, %d repaired, %d not checked", damaged, repaired, other)
+	}
+	if leftovers > 0 {
+		summary += fmt.Sprintf("; %s of long names left over (harmless: 'kmsfs fsck --repair' removes them)", plural(int64(leftovers), names.LongSuffix+" file"))
 	}
 	fmt.Println(summary)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/fs/backing"
 	"github.com/kmsfs/kmsfs/fs/cryptfile"
+	"github.com/kmsfs/kmsfs/fs/names"
 	"github.com/kmsfs/kmsfs/fs/trust"
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/header"
@@ -30,15 +31,18 @@ func init() {
 const infoHelp = `Usage: kmsfs info [--json] [--key URI]... [--passphrase-file F] CIPHERDIR
 
 Shows what the volume in CIPHERDIR is, without mounting it: its format
-version, block size and volume ID, the keys of its configuration and
-whether this machine can use each of them (trusted for the volume here,
-and its key file or key service reachable), the data key reuse policy,
-and how many files, directories and symlinks it holds.
+version, block size and volume ID, whether its names are encrypted, the
+keys of its configuration and whether this machine can use each of them
+(trusted for the volume here, and its key file or key service
+reachable), the data key reuse policy, and how many files, directories
+and symlinks it holds. No key, and nothing secret of the configuration
+(such as the names key), is ever shown.
 
 Only the configuration is unwrapped, and only with a trusted key: a key
 that is not trusted here is never contacted. Without a trusted key, info
 shows what the configuration's header tells (volume ID, block size, the
-keys its slots name) and says that the configuration could not be read.
+keys its slots name) and says that the configuration could not be read
+(the format version and whether names are encrypted are then unknown).
 
 Options:
         --json                print a JSON object instead of text
@@ -67,20 +71,26 @@ type infoKey struct {
 
 // infoReport is the output of "kmsfs info".
 type infoReport struct {
-	Dir           string    `json:"cipher_dir"`
-	VolumeID      string    `json:"volume_id"`
-	FormatVersion int       `json:"format_version"`
-	BlockSize     int       `json:"block_size"`
-	ConfigRead    bool      `json:"config_read"`
-	ConfigError   string    `json:"config_error,omitempty"`
-	Keys          []infoKey `json:"keys"`
-	ReuseFiles    int       `json:"data_key_reuse_files,omitempty"`
-	ReuseSeconds  int       `json:"data_key_reuse_seconds,omitempty"`
-	Files         int64     `json:"files"`
-	Dirs          int64     `json:"directories"`
-	Symlinks      int64     `json:"symlinks"`
-	Other         int64     `json:"other_entries"`
-	PlainBytes    int64     `json:"plaintext_bytes"`
+	Dir      string `json:"cipher_dir"`
+	VolumeID string `json:"volume_id"`
+	// FormatVersion is the configuration's version (1 or 2), 0 when it
+	// could not be read.
+	FormatVersion int `json:"format_version"`
+	// Names is "siv" (entry names, symlink targets and xattrs encrypted)
+	// or "plaintext" (version 1, or version 2 with names in clear); empty
+	// when the configuration could not be read.
+	Names        string    `json:"names,omitempty"`
+	BlockSize    int       `json:"block_size"`
+	ConfigRead   bool      `json:"config_read"`
+	ConfigError  string    `json:"config_error,omitempty"`
+	Keys         []infoKey `json:"keys"`
+	ReuseFiles   int       `json:"data_key_reuse_files,omitempty"`
+	ReuseSeconds int       `json:"data_key_reuse_seconds,omitempty"`
+	Files        int64     `json:"files"`
+	Dirs         int64     `json:"directories"`
+	Symlinks     int64     `json:"symlinks"`
+	Other        int64     `json:"other_entries"`
+	PlainBytes   int64     `json:"plaintext_bytes"`
 }
 
 func runInfo(args []string) int {
@@ -115,7 +125,10 @@ func runInfo(args []string) int {
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
-	r := infoReport{Dir: dir, VolumeID: id, FormatVersion: header.Version, BlockSize: bs}
+	// The format version and the names are only in the (encrypted)
+	// configuration: unknown until it is read. (The preamble's version is
+	// that of file headers, 1 in every volume.)
+	r := infoReport{Dir: dir, VolumeID: id, BlockSize: bs}
 
 	var rec trust.Record
 	if store, err := trust.DefaultStore(); err == nil {
@@ -139,8 +152,14 @@ func runInfo(args []string) int {
 			r.ConfigError = err.Error()
 			code = exitCode(err)
 		} else {
+			// Only what is listed here is shown: the configuration also
+			// holds the names key, which the Volume keeps to itself.
 			c := vol.Config
 			r.ConfigRead, r.VolumeID, r.FormatVersion, r.BlockSize = true, c.VolumeID, c.Version, c.BlockSize
+			r.Names = volume.NamesPlaintext
+			if c.EncryptedNames() {
+				r.Names = volume.NamesSIV
+			}
 			r.ReuseFiles, r.ReuseSeconds = max(c.ReuseFiles, 1), max(c.ReuseSeconds, 1)
 			cfgKeys = c.Keys
 			vol.Close()
@@ -186,6 +205,11 @@ func runInfo(args []string) int {
 
 // countEntries counts what the volume holds, from the backing directory
 // alone: the plaintext size of a file follows from its backing size.
+// kmsfs's own files are not counted: those of the root, and with
+// encrypted names the kmsfs.dirid and long-name files of every directory
+// (also when the configuration could not be read, since then the names
+// are more likely encrypted, the default, than in clear and a file of
+// the volume named so).
 func countEntries(dir string, bs int, r *infoReport) error {
 	d, err := backing.Open(dir)
 	if err != nil {
@@ -197,6 +221,9 @@ func countEntries(dir string, bs int, r *infoReport) error {
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFREG:
 			if rel == name && volume.Internal(name) {
+				return nil
+			}
+			if r.Names != volume.NamesPlaintext && names.Internal(name) {
 				return nil
 			}
 			r.Files++
@@ -214,7 +241,14 @@ func countEntries(dir string, bs int, r *infoReport) error {
 
 func printInfo(r *infoReport) {
 	fmt.Printf("volume %s in %s\n", r.VolumeID, r.Dir)
-	fmt.Printf("format version %d, block size %d\n", r.FormatVersion, r.BlockSize)
+	switch r.Names {
+	case volume.NamesSIV:
+		fmt.Printf("format version %d, block size %d, names encrypted (entry names, symlink targets and extended attributes)\n", r.FormatVersion, r.BlockSize)
+	case volume.NamesPlaintext:
+		fmt.Printf("format version %d, block size %d, names in clear\n", r.FormatVersion, r.BlockSize)
+	default:
+		fmt.Printf("format version unknown, block size %d (from the configuration's header), names encrypted or not: unknown\n", r.BlockSize)
+	}
 	if r.ConfigRead {
 		fmt.Println("keys:")
 	} else {

@@ -132,7 +132,7 @@ func TestMountLifecycle(t *testing.T) {
 	vol, mnt := filepath.Join(home, "vol"), filepath.Join(home, "mnt")
 	os.Mkdir(vol, 0o755)
 	os.Mkdir(mnt, 0o755)
-	if code, _, se := kmsfs(t, home, "init", vol); code != 0 {
+	if code, _, se := kmsfs(t, home, "init", "--plaintext-names", vol); code != 0 {
 		t.Fatalf("init = %d (%s)", code, se)
 	}
 	if code, _, se := kmsfs(t, home, "mount", vol, mnt); code != 0 {

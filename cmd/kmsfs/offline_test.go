@@ -30,7 +30,9 @@ type offlineVol struct {
 }
 
 // newOfflineVol makes a volume with the default local key, or with the
-// given keys.
+// given keys. Its names are in clear: the tests write and damage backing
+// files by their plaintext names (newSivVol makes one with encrypted
+// names).
 func newOfflineVol(t *testing.T, keys ...string) *offlineVol {
 	t.Helper()
 	home := t.TempDir()
@@ -38,7 +40,7 @@ func newOfflineVol(t *testing.T, keys ...string) *offlineVol {
 	if err := os.Mkdir(v.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"init"}
+	args := []string{"init", "--plaintext-names"}
 	for _, k := range keys {
 		args = append(args, "--key", k)
 	}
@@ -375,7 +377,7 @@ func TestFsckKeys(t *testing.T) {
 	keyB := "local://" + filepath.Join(home, "b.key")
 	v := &offlineVol{home: home, dir: filepath.Join(home, "vol"), key: keyA}
 	os.Mkdir(v.dir, 0o755)
-	if code, _, se := v.run(t, "init", "--key", keyA, "--key", keyB, v.dir); code != 0 {
+	if code, _, se := v.run(t, "init", "--plaintext-names", "--key", keyA, "--key", keyB, v.dir); code != 0 {
 		t.Fatalf("init = %d (%s)", code, se)
 	}
 	v.put(t, "f", randData(10, 10))

@@ -221,3 +221,37 @@ func ErrnoOf(err error) syscall.Errno {
 	}
 	return syscall.EIO
 }
+
+// ReadSmall reads the regular file name in dirfd, at most max bytes,
+// without following a symlink and with O_NONBLOCK (a FIFO planted there
+// must not hang the caller).
+func ReadSmall(dirfd int, name string, max int) ([]byte, error) {
+	fd, err := OpenAt(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s: not a regular file", name)
+	}
+	buf := make([]byte, max)
+	n := 0
+	for n < max {
+		k, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if k == 0 {
+			break
+		}
+		n += k
+	}
+	return buf[:n], nil
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/fs/backing"
+	"github.com/kmsfs/kmsfs/fs/names"
 	"github.com/kmsfs/kmsfs/header"
 )
 
@@ -384,7 +385,14 @@ func replayOne(dir *backing.Dir, name string, ino uint64, oldID, newID [16]byte,
 	// The file: a regular file of the backing file system with that
 	// inode.
 	target := ""
-	err = dir.Walk(func(rel string, _ int, _ string, st *unix.Stat_t) error {
+	err = dir.Walk(func(rel string, _ int, base string, st *unix.Stat_t) error {
+		if names.Internal(base) && st.Size < header.Size {
+			// A kmsfs.dirid or long-name file of a volume with encrypted
+			// names (never a re-encryption's file, which has a header;
+			// in a volume with names in clear a file of that name too
+			// small for a header is not one either).
+			return nil
+		}
 		if st.Ino == ino && st.Dev == root.Dev && st.Mode&unix.S_IFMT == unix.S_IFREG && rel != name {
 			target = rel
 			return errFound

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -86,4 +87,40 @@ func FuzzEncryptionContext(f *testing.F) {
 			t.Fatalf("volumeFromContext(%q) accepted a non-canonical context (canonical %q)", b, got)
 		}
 	})
+}
+
+// TestMarshalConfigNamesKey checks that the names key spliced into the
+// configuration JSON by hand parses back, with every other field.
+func TestMarshalConfigNamesKey(t *testing.T) {
+	nk := bytes.Repeat([]byte{0xa5, 0x01, 0xff}, 22)[:64]
+	cfg := &Config{Format: "kmsfs", Version: 2, VolumeID: strings.Repeat("ab", 16), BlockSize: 4096,
+		Keys: []string{"local:///k"}, ReuseFiles: 3, ReuseSeconds: 4, Epoch: 9, Names: NamesSIV}
+	for _, tc := range []struct {
+		name  string
+		names string
+		key   []byte
+	}{
+		{"encrypted names", NamesSIV, nk},
+		{"plaintext names", NamesPlaintext, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := *cfg
+			c.Names = tc.names
+			plain, err := marshalConfig(&c, tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := ParseConfig(plain)
+			if err != nil {
+				t.Fatalf("ParseConfig(%s) = %v", plain, err)
+			}
+			if !bytes.Equal(got.NamesKey, tc.key) {
+				t.Errorf("names key = %x, want %x", got.NamesKey, tc.key)
+			}
+			got.NamesKey = nil
+			if !reflect.DeepEqual(*got, c) {
+				t.Errorf("ParseConfig = %+v, want %+v", *got, c)
+			}
+		})
+	}
 }

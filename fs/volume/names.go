@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/awnumar/memguard"
 
@@ -60,4 +61,30 @@ func (v *Volume) closeNames() {
 	if v.namesKey != nil {
 		v.namesKey.Destroy()
 	}
+}
+
+// BackingPath returns the backing path, relative to the backing
+// directory, of the path plain seen through the mount: each component is
+// encrypted under its directory's ID (read from its kmsfs.dirid). With
+// names in clear it is plain itself. The entry need not exist; the
+// directories on the way must.
+func (v *Volume) BackingPath(plain string) (string, error) {
+	plain = strings.Trim(plain, "/")
+	if v.names == nil || plain == "" {
+		return plain, nil
+	}
+	p := v.NewPaths()
+	var out []string
+	for _, comp := range strings.Split(plain, "/") {
+		id, err := p.DirID(strings.Join(out, "/"))
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", plain, err)
+		}
+		e, err := v.names.EncryptName(id, comp)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", plain, err)
+		}
+		out = append(out, e.Backing)
+	}
+	return strings.Join(out, "/"), nil
 }

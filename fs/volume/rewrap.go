@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -104,10 +105,13 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 
 	// The walk and every open go through directory descriptors and never
 	// follow a symlink (package backing): a directory replaced by a
-	// symlink during the walk is not entered.
+	// symlink during the walk is not entered. kmsfs's own files are
+	// skipped: the configuration was rewritten above, and the journal,
+	// re-encryption copies, directory IDs and long-name files have no
+	// key slots of their own.
 	var files []string
-	err := v.dir.Walk(func(rel string, _ int, name string, st *unix.Stat_t) error {
-		if st.Mode&unix.S_IFMT == unix.S_IFREG && !(rel == name && Internal(name)) {
+	err := v.dir.Walk(func(rel string, _ int, _ string, st *unix.Stat_t) error {
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && !v.Internal(rel) {
 			files = append(files, rel)
 		}
 		return nil
@@ -116,11 +120,18 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 		return r, fmt.Errorf("rewrap: listing %s: %w", v.Dir, err)
 	}
 	wrapped := map[string][]byte{} // (data key's first slot, key URI) → wrapped key
+	paths := v.NewPaths()
 	for i, p := range files {
 		if err := ctx.Err(); err != nil {
 			return r, err
 		}
-		changed, had, err := v.rewrapFile(ctx, p, keys, wrapped)
+		// Named as seen through the mount where its name decrypts, in
+		// errors and in the volume's log lines.
+		name, nerr := paths.Plain(p)
+		if nerr != nil {
+			name = p
+		}
+		changed, had, err := v.rewrapFile(ctx, p, name, keys, wrapped)
 		if had {
 			r.Files++
 		}
@@ -129,7 +140,15 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 		}
 		if err != nil {
 			r.Failed++
-			v.Log.Printf("kmsfs: rewrap %s: %v", p, err)
+			msg := strings.TrimPrefix(err.Error(), name+": ")
+			switch {
+			case nerr != nil:
+				v.Log.Printf("kmsfs: rewrap %s (backing path: it cannot be named, %v): %s", p, nerr, msg)
+			case name != p:
+				v.Log.Printf("kmsfs: rewrap %s (backing path %s): %s", name, p, msg)
+			default:
+				v.Log.Printf("kmsfs: rewrap %s: %s", p, msg)
+			}
 		}
 		if o.Progress != nil {
 			o.Progress(i+1, len(files))
@@ -142,8 +161,8 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 }
 
 // rewrapFile brings the key slots of one file, path relative to the
-// backing directory, in line with keys.
-func (v *Volume) rewrapFile(ctx context.Context, path string, keys []string, memo map[string][]byte) (changed, hadHeader bool, err error) {
+// backing directory (name in messages), in line with keys.
+func (v *Volume) rewrapFile(ctx context.Context, path, name string, keys []string, memo map[string][]byte) (changed, hadHeader bool, err error) {
 	fd, err := v.dir.Open(path, syscall.O_RDWR|unix.O_NOATIME, 0)
 	if errors.Is(err, syscall.EPERM) {
 		fd, err = v.dir.Open(path, syscall.O_RDWR, 0)
@@ -170,7 +189,7 @@ func (v *Volume) rewrapFile(ctx context.Context, path string, keys []string, mem
 	if err != nil {
 		return false, true, errors.Join(ErrCorrupt, err)
 	}
-	u, err := v.unlockDK(ctx, h, path, nil)
+	u, err := v.unlockDK(ctx, h, name, nil)
 	if err != nil {
 		return false, true, err
 	}

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -499,12 +500,16 @@ func (v *Volume) readConfig(ctx context.Context) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cpath, err)
 	}
+	wipe := func() { clear(c.NamesKey) }
 	switch {
 	case c.VolumeID != fk.volume:
+		wipe()
 		return nil, fmt.Errorf("%s: %w: volume ID %s does not match its key slots (%s)", cpath, ErrBadConfig, c.VolumeID, fk.volume)
 	case v.volumeID() != "" && c.VolumeID != v.volumeID():
+		wipe()
 		return nil, fmt.Errorf("%s: %w: volume ID changed from %s to %s", cpath, ErrBadConfig, v.volumeID(), c.VolumeID)
 	case c.BlockSize != h.Preamble.BlockSize() || c.BlockSize != v.Layout.BlockSize:
+		wipe()
 		return nil, fmt.Errorf("%s: %w: block size %d does not match its header (%d)", cpath, ErrBadConfig, c.BlockSize, h.Preamble.BlockSize())
 	}
 	return c, nil
@@ -517,13 +522,19 @@ func ParseConfig(plain []byte) (*Config, error) {
 		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrBadConfig, len(plain), maxConfigSize)
 	}
 	var c Config
-	dec := json.NewDecoder(bytes.NewReader(plain))
-	if err := dec.Decode(&c); err != nil {
+	// Unmarshal, not a Decoder: a Decoder copies the plaintext (names key
+	// included) into a buffer of its own that nobody wipes. Unmarshal
+	// also refuses data after the object.
+	if err := json.Unmarshal(plain, &c); err != nil {
+		clear(c.NamesKey)
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrBadConfig)
-	}
+	ok := false
+	defer func() {
+		if !ok {
+			clear(c.NamesKey)
+		}
+	}()
 	id, err := hex.DecodeString(c.VolumeID)
 	switch {
 	case c.Format != "kmsfs" || (c.Version != 1 && c.Version != 2):
@@ -553,6 +564,7 @@ func ParseConfig(plain []byte) (*Config, error) {
 		}
 		seen[k] = true
 	}
+	ok = true
 	return &c, nil
 }
 
@@ -594,15 +606,15 @@ func (v *Volume) Reload(ctx context.Context) error {
 // the old one, and the directory synced.
 func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 	cfg.Epoch++
-	if cfg.EncryptedNames() && cfg.NamesKey == nil {
+	nk := cfg.NamesKey
+	if cfg.EncryptedNames() && nk == nil {
 		// The key lives in locked memory; it is carried over unchanged.
 		if v.namesKey == nil {
 			return errors.New("writing configuration: the names key is not loaded")
 		}
-		cfg.NamesKey = v.namesKey.Bytes()
-		defer func() { cfg.NamesKey = nil }()
+		nk = v.namesKey.Bytes()
 	}
-	plain, err := json.MarshalIndent(cfg, "", "  ")
+	plain, err := marshalConfig(cfg, nk)
 	if err != nil {
 		return err
 	}
@@ -624,6 +636,32 @@ func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 		return fmt.Errorf("writing configuration: %w", err)
 	}
 	return syncDir(v.dir)
+}
+
+// marshalConfig returns the JSON of cfg with the names key nk (nil for
+// none). The key is spliced in by hand, into a buffer the caller wipes:
+// encoding/json would leave its base64 in buffers of its own.
+func marshalConfig(cfg *Config, nk []byte) ([]byte, error) {
+	c := *cfg
+	c.NamesKey = nil
+	j, err := json.MarshalIndent(&c, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if nk == nil {
+		return j, nil
+	}
+	if len(j) < 2 || j[len(j)-1] != '}' {
+		return nil, errors.New("configuration JSON does not end its object")
+	}
+	const pre, post = ",\n  \"names_key\": \"", "\"\n}"
+	body := bytes.TrimRight(j[:len(j)-1], " \n")
+	out := make([]byte, 0, len(body)+len(pre)+base64.StdEncoding.EncodedLen(len(nk))+len(post))
+	out = append(append(out, body...), pre...)
+	k := len(out)
+	out = out[:k+base64.StdEncoding.EncodedLen(len(nk))]
+	base64.StdEncoding.Encode(out[k:], nk)
+	return append(out, post...), nil
 }
 
 // fileKeys is what an opened header yields: the content cipher, with its
