@@ -53,7 +53,7 @@ const (
 	MaxBackingName = 255
 	// MaxTarget is the longest plaintext symlink target whose stored form
 	// fits the backing filesystem's 4095 bytes.
-	MaxTarget = 3038
+	MaxTarget = 3039
 	// MaxXattrValue is the longest plaintext xattr value whose stored
 	// form fits the backing 64 KiB.
 	MaxXattrValue = 65536 - nonceSize - sivSize
@@ -77,7 +77,9 @@ var (
 	ErrTooLong = errors.New("names: too long")
 )
 
-var b64 = base64.RawURLEncoding
+// b64 is strict: a name has exactly one backing spelling (the spare bits
+// of the last character must be zero).
+var b64 = base64.RawURLEncoding.Strict()
 
 // Cipher encrypts names under one volume's names key. It is safe for
 // concurrent use.
@@ -170,7 +172,9 @@ func IsLong(backing string) bool {
 // entry, the content of its LongSuffix file) in the directory dirID.
 // backing is the entry's backing name: a long entry's e must hash to it.
 func (c *Cipher) DecryptName(dirID [IDSize]byte, backing, e string) (string, error) {
-	if backing != e && LongName(e) != backing {
+	if backing != e && (len(e) <= MaxBackingName || LongName(e) != backing) {
+		// A long entry must hold an encoded name too long to be one
+		// itself: every name has exactly one backing entry.
 		return "", fmt.Errorf("%w: %s does not match the name stored beside it", ErrUndecryptable, backing)
 	}
 	ct, err := b64.DecodeString(e)

@@ -63,6 +63,7 @@ Options:
     --chart FILE         chart to write (default docs/performance.png)
     --json FILE          also write the raw measurements as JSON
     --kmsfs-bin FILE     use this kmsfs binary instead of building ./cmd/kmsfs
+    --init-args ARGS     extra "kmsfs init" arguments (e.g. --plaintext-names)
     --profile DIR        record perf profiles of the kmsfs and baseline daemons
                          during the sequential, random and tree copy/read
                          workloads into DIR, with text summaries (timings are
@@ -86,6 +87,7 @@ type options struct {
 	jsonOut      string
 	profileDir   string
 	kmsfsBin     string
+	initArgs     string // extra "kmsfs init" arguments, space separated
 	commandLine  string
 	explicitReps bool
 }
@@ -111,6 +113,7 @@ func parseOptions(args []string) (*options, error) {
 	fl.StringVar(&o.jsonOut, "json", "", "")
 	fl.StringVar(&o.profileDir, "profile", "", "")
 	fl.StringVar(&o.kmsfsBin, "kmsfs-bin", "", "")
+	fl.StringVar(&o.initArgs, "init-args", "", "")
 	if err := fl.Parse(args); err != nil {
 		return nil, err
 	}
@@ -440,7 +443,8 @@ func (r *runner) setup() error {
 		}
 		if name == cfgKmsfs {
 			key := filepath.Join(r.work, "local.key")
-			argv := []string{r.kmsfsBin, "init", "--key", "local://" + key, c.backing}
+			argv := append([]string{r.kmsfsBin, "init", "--key", "local://" + key}, strings.Fields(r.o.initArgs)...)
+			argv = append(argv, c.backing)
 			if _, err := r.command(c, nil, argv...); err != nil {
 				return err
 			}
