@@ -65,8 +65,8 @@ func Derive(dst, dataKey []byte, fileID [FileIDSize]byte, p Purpose) error {
 // deriver derives several of one file's keys from a single HKDF-Extract.
 // Every key is KeySize = 32 bytes, one SHA-256 output, so its
 // HKDF-Expand is the single HMAC(PRK, info || 0x01) (RFC 5869, section
-// 2.3): the keys share the PRK. Each derivation keys an HMAC of its own
-// and wipes it (an HMAC's Reset would drop its padded keys unwiped).
+// 2.3): the keys share the PRK. Each HMAC runs on the stack
+// (secmem.HMACSHA256), cleared when it returns.
 type deriver struct {
 	prk [sha256.Size]byte
 }
@@ -79,15 +79,14 @@ func withDeriver(dataKey []byte, fileID [FileIDSize]byte, f func(d *deriver) err
 	}
 	var err error
 	secmem.Do(func() {
-		// HKDF-Extract(salt = file ID, IKM = data key) = HMAC(salt, IKM).
-		// The HMAC's inner digest buffers the data key: wipe it.
-		d := &deriver{}
+		// HKDF-Extract(salt = file ID, IKM = data key) = HMAC(salt, IKM),
+		// on the stack (secmem.HMACSHA256 allocates nothing).
+		var d deriver
 		defer clear(d.prk[:])
-		x := hmac.New(sha256.New, fileID[:])
-		x.Write(dataKey)
-		x.Sum(d.prk[:0])
-		secmem.Wipe(x)
-		err = f(d)
+		if err = secmem.HMACSHA256(&d.prk, fileID[:], dataKey); err != nil {
+			return
+		}
+		err = f(&d)
 	})
 	return err
 }
@@ -107,11 +106,9 @@ func (d *deriver) derive(dst []byte, p Purpose) error {
 	}
 	var out [sha256.Size]byte
 	defer clear(out[:])
-	h := hmac.New(sha256.New, d.prk[:])
-	defer secmem.Wipe(h)
-	h.Write(info)
-	h.Write(expandSuffix)
-	h.Sum(out[:0])
+	if err := secmem.HMACSHA256(&out, d.prk[:], info, expandSuffix); err != nil {
+		return err
+	}
 	copy(dst, out[:])
 	return nil
 }
@@ -132,13 +129,8 @@ func copyMAC(mac *[32]byte, p Preamble, c *Copy, d *deriver) error {
 	if err := d.derive(mk[:], MACKey); err != nil {
 		return err
 	}
-	h := hmac.New(sha256.New, mk[:])
-	defer secmem.Wipe(h)
 	pre := p.Marshal()
-	h.Write(pre[:])
-	h.Write(buf[:MACOffset])
-	h.Sum(mac[:0])
-	return nil
+	return secmem.HMACSHA256(mac, mk[:], pre[:], buf[:MACOffset])
 }
 
 // SealCopy sets c.Commitment and c.MAC for the data key: the commitment

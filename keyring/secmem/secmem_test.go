@@ -268,3 +268,41 @@ func TestNewAESGCM(t *testing.T) {
 		t.Error("NewAESGCM with a 7-byte key: no error")
 	}
 }
+
+// TestHMACSHA256 compares the stack HMAC with crypto/hmac over keys and
+// messages of every shape it takes, and checks its limits.
+func TestHMACSHA256(t *testing.T) {
+	rnd := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*131 + n)
+		}
+		return b
+	}
+	for _, kl := range []int{0, 1, 16, 32, 63, 64} {
+		for _, ml := range []int{0, 1, 31, 55, 56, 64, 2032, MaxHMACInput} {
+			key, msg := rnd(kl), rnd(ml)
+			m := hmac.New(sha256.New, key)
+			m.Write(msg)
+			want := m.Sum(nil)
+			var got [32]byte
+			cut := ml / 3
+			if err := HMACSHA256(&got, key, msg[:cut], msg[cut:]); err != nil {
+				t.Fatalf("HMACSHA256(key %d, msg %d) = %v", kl, ml, err)
+			}
+			if !bytes.Equal(got[:], want) {
+				t.Errorf("HMACSHA256(key %d, msg %d) = %x, want %x", kl, ml, got, want)
+			}
+		}
+	}
+	var out [32]byte
+	if err := HMACSHA256(&out, rnd(65), nil); err == nil {
+		t.Error("HMACSHA256 with a 65-byte key = nil, want an error")
+	}
+	if err := HMACSHA256(&out, nil, rnd(MaxHMACInput+1)); err == nil {
+		t.Error("HMACSHA256 of a too long message = nil, want an error")
+	}
+	if n := testing.AllocsPerRun(100, func() { HMACSHA256(&out, rnd(32)[:32:32], []byte("x")) }); n > 1 {
+		t.Errorf("HMACSHA256 allocates %v times per call, want none (beyond the test's own)", n)
+	}
+}
