@@ -222,21 +222,35 @@ func ErrnoOf(err error) syscall.Errno {
 	return syscall.EIO
 }
 
-// ReadSmall reads the regular file name in dirfd, at most max bytes,
-// without following a symlink and with O_NONBLOCK (a FIFO planted there
-// must not hang the caller).
+// ErrNotRegular reports a small file kmsfs reads (ReadSmall) that is not
+// a regular file.
+var ErrNotRegular = errors.New("not a regular file")
+
+// ReadSmall reads the regular file name in dirfd, at most max bytes. It
+// looks before it opens, so a device or FIFO planted under that name is
+// never opened (ErrNotRegular), and opens without following a symlink and
+// with O_NONBLOCK, checking the descriptor again.
 func ReadSmall(dirfd int, name string, max int) ([]byte, error) {
-	fd, err := OpenAt(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s: %w", name, ErrNotRegular)
+	}
+	fd, err := OpenAt(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if errors.Is(err, ErrSymlink) {
+		return nil, fmt.Errorf("%s: %w", name, ErrNotRegular)
+	}
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("%s: not a regular file", name)
+		return nil, fmt.Errorf("%s: %w", name, ErrNotRegular)
 	}
 	buf := make([]byte, max)
 	n := 0

@@ -569,6 +569,14 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 		}
 		cut = max(off+copyLen, st.Size)
 	}
+	if copyLen == 0 && !end && off >= st.Size && onePage(off, len(data)) {
+		// An append that lies within one page of the backing file needs
+		// no record: the kernel copies a write page by page and stops
+		// between pages for a fatal signal, never inside one, so the
+		// death of the process leaves all of it or none. (Most small
+		// files are written this way.)
+		return writeData()
+	}
 	slot := <-j.free
 	keep := false // the record must survive for the next mount
 	defer func() {
@@ -628,6 +636,15 @@ func (j *Journal) write(f *File, fd int, ct *sealed, off int64, end bool) error 
 		err = cerr
 	}
 	return err
+}
+
+// pageSize is the unit in which the kernel copies a write into the page
+// cache.
+const pageSize = 4096
+
+// onePage reports whether n bytes at off lie within one page.
+func onePage(off int64, n int) bool {
+	return n > 0 && off/pageSize == (off+int64(n)-1)/pageSize
 }
 
 // clearSmall is the largest copy clearUsed clears with a pwrite of zeros;

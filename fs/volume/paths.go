@@ -3,8 +3,6 @@ package volume
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -235,9 +233,10 @@ func (p *Paths) dirPlain(rel string) (string, error) {
 }
 
 // readSmall reads at most max bytes of the regular file rel, without
-// following a symlink anywhere on the way and without blocking on a FIFO.
-// A missing file, or one that is not a regular file, is an error wrapping
-// what (and ENOENT for a missing one).
+// following a symlink anywhere on the way and without opening anything
+// but a regular file (backing.ReadSmall). A missing file, or one that is
+// not a regular file, is an error wrapping what (and ENOENT for a missing
+// one).
 func (p *Paths) readSmall(rel string, max int, what error) ([]byte, error) {
 	dir, name := backing.Split(rel)
 	dirfd, err := p.v.dir.OpenDir(dir)
@@ -245,35 +244,12 @@ func (p *Paths) readSmall(rel string, max int, what error) ([]byte, error) {
 		return nil, err
 	}
 	defer unix.Close(dirfd)
-	// Look before opening: a device planted under that name is not
-	// opened at all; the descriptor is checked again below.
-	var st unix.Stat_t
-	err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
-	if errors.Is(err, syscall.ENOENT) {
-		return nil, fmt.Errorf("%w: %w", what, err)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("%w: it is not a regular file", what)
-	}
-	fd, err := backing.OpenAt(dirfd, name, syscall.O_RDONLY|syscall.O_NONBLOCK|unix.O_NOCTTY, 0)
+	b, err := backing.ReadSmall(dirfd, name, max)
 	switch {
 	case errors.Is(err, syscall.ENOENT):
 		return nil, fmt.Errorf("%w: %w", what, err)
-	case errors.Is(err, backing.ErrSymlink):
-		return nil, fmt.Errorf("%w: it is not a regular file", what)
-	case err != nil:
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), rel)
-	defer f.Close()
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+	case errors.Is(err, backing.ErrNotRegular):
 		return nil, fmt.Errorf("%w: it is not a regular file", what)
 	}
-	return io.ReadAll(io.LimitReader(f, int64(max)))
+	return b, err
 }
