@@ -214,7 +214,6 @@ func writeSmall(dirfd int, name string, data []byte) error {
 	return nil
 }
 
-
 // emptyDir reports whether the directory dirfd has no entries but kmsfs's
 // own (kmsfs.dirid and long-name files).
 func emptyDir(dirfd int) (bool, error) {
