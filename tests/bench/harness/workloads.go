@@ -183,6 +183,12 @@ func (r *runner) fio(c *fsConfig, rep int, v fioVariant) error {
 	if err := layoutFioFiles(dir, int64(r.o.fioMiB)*mib); err != nil {
 		return fmt.Errorf("%s: laying out fio files: %w", c.name, err)
 	}
+	// The fio directory's inode, to find its backing directory: with
+	// encrypted names it is not called "fio" there.
+	var fst unix.Stat_t
+	if err := unix.Stat(dir, &fst); err != nil {
+		return err
+	}
 	if _, _, err := r.unmountC(c, rep); err != nil {
 		return err
 	}
@@ -197,7 +203,11 @@ func (r *runner) fio(c *fsConfig, rep int, v fioVariant) error {
 		// mounts' daemons then read them from memory), and a fresh mount
 		// starts with an empty FUSE cache.
 		r.recordRaw("cat $BACKING/fio/rand.* > /dev/null")
-		if err := warmFiles(filepath.Join(c.backing, "fio")); err != nil {
+		bdir, err := findDirByInode(c.backing, fst.Ino)
+		if err != nil {
+			return err
+		}
+		if err := warmFiles(bdir); err != nil {
 			return err
 		}
 	}
@@ -272,6 +282,26 @@ func layoutFioFiles(dir string, size int64) error {
 		}
 	}
 	return nil
+}
+
+// findDirByInode returns root, or the directory in it, whose inode is
+// ino.
+func findDirByInode(root string, ino uint64) (string, error) {
+	var st unix.Stat_t
+	if unix.Stat(root, &st) == nil && st.Ino == ino {
+		return root, nil
+	}
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		p := filepath.Join(root, e.Name())
+		if e.IsDir() && unix.Lstat(p, &st) == nil && st.Ino == ino {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no directory with inode %d in %s", ino, root)
 }
 
 // warmFiles reads every file of dir, bringing it into the page cache.
