@@ -651,7 +651,9 @@ func (n *Node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 
 // Mkdir makes a directory.
 func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return n.make(ctx, "mkdir", name, out, func(dirfd int, bname string) error {
+	var id [names.IDSize]byte
+	made := false
+	ch, errno := n.make(ctx, "mkdir", name, out, func(dirfd int, bname string) error {
 		if err := unix.Mkdirat(dirfd, bname, mode); err != nil {
 			return err
 		}
@@ -665,12 +667,20 @@ func (n *Node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 			return err
 		}
 		defer syscall.Close(fd)
-		if _, err := writeDirID(fd); err != nil {
+		if id, err = writeDirID(fd); err != nil {
 			unix.Unlinkat(dirfd, bname, unix.AT_REMOVEDIR)
 			return err
 		}
+		made = true
 		return nil
 	})
+	// The new directory's node knows its ID without reading it back.
+	if errno == 0 && made && ch != nil {
+		if cn, ok := ch.Operations().(*Node); ok {
+			cn.setDirID(id)
+		}
+	}
+	return ch, errno
 }
 
 // Symlink makes a symlink; its target is encrypted when names are (it is
