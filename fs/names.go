@@ -217,27 +217,8 @@ func writeSmall(dirfd int, name string, data []byte) error {
 // emptyDir reports whether the directory dirfd has no entries but kmsfs's
 // own (kmsfs.dirid and long-name files).
 func emptyDir(dirfd int) (bool, error) {
-	ents, err := listDir(dirfd)
-	if err != nil {
-		return false, err
-	}
-	for _, e := range ents {
-		if !names.Internal(e) {
-			return false, nil
-		}
-	}
-	return true, nil
-}
-
-// listDir lists the directory dirfd (without . and ..).
-func listDir(dirfd int) ([]string, error) {
-	fd, err := backing.OpenAt(dirfd, ".", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), ".")
-	defer f.Close()
-	return f.Readdirnames(-1)
+	ents, err := backing.List(dirfd, ".")
+	return err == nil && names.OnlyInternal(ents), err
 }
 
 // entry returns the backing form of name in this directory (dirfd).
@@ -328,14 +309,12 @@ func clearOwn(dirfd int, name string) error {
 		return err
 	}
 	defer syscall.Close(fd)
-	ents, err := listDir(fd)
+	ents, err := backing.List(fd, ".")
 	if err != nil {
 		return err
 	}
-	for _, e := range ents {
-		if !names.Internal(e) {
-			return syscall.ENOTEMPTY
-		}
+	if !names.OnlyInternal(ents) {
+		return syscall.ENOTEMPTY
 	}
 	for _, e := range ents {
 		if err := unix.Unlinkat(fd, e, 0); err != nil && err != syscall.ENOENT {

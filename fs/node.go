@@ -928,15 +928,22 @@ func (n *Node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		}
 		return nil
 	})
-	switch {
-	case errno != 0:
+	if errno != 0 {
 		return 0, errno
+	}
+	return xattrReply(dest, plain)
+}
+
+// xattrReply answers getxattr or listxattr with data: its size for a
+// size query (empty dest), ERANGE if dest is too small.
+func xattrReply(dest, data []byte) (uint32, syscall.Errno) {
+	switch {
 	case len(dest) == 0:
-		return uint32(len(plain)), 0
-	case len(dest) < len(plain):
+		return uint32(len(data)), 0
+	case len(dest) < len(data):
 		return 0, syscall.ERANGE
 	}
-	return uint32(copy(dest, plain)), 0
+	return uint32(copy(dest, data)), 0
 }
 
 // backingXattr returns the backing name of attr and, for a value, its
@@ -1033,15 +1040,10 @@ func (n *Node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 			return nil
 		}
 	})
-	switch {
-	case errno != 0:
+	if errno != 0 {
 		return 0, errno
-	case len(dest) == 0:
-		return uint32(len(list)), 0
-	case len(dest) < len(list):
-		return 0, syscall.ERANGE
 	}
-	return uint32(copy(dest, list)), 0
+	return xattrReply(dest, list)
 }
 
 // pathErrno turns the error of a backing operation into an errno; a path

@@ -446,7 +446,7 @@ func (c *fsck) checkDirID(rel string, dirfd int, name string) {
 		c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: fmt.Sprintf("reading its directory ID: %v", err)}))
 		return
 	case errors.Is(err, unix.ENOENT):
-		if empty, lerr := emptyBackingDir(dirfd, name); lerr == nil && empty {
+		if ents, lerr := backing.List(dirfd, name); lerr == nil && names.OnlyInternal(ents) {
 			c.r.Notes = append(c.r.Notes, fmt.Sprintf("%s: an empty directory without a directory ID (%s), left by an interrupted mkdir: a mount gives it one", c.show(rel), names.DirIDName))
 			return
 		}
@@ -456,27 +456,6 @@ func (c *fsck) checkDirID(rel string, dirfd int, name string) {
 		what = "its directory ID (" + names.DirIDName + ") is damaged: " + strings.TrimPrefix(err.Error(), volume.ErrNoDirID.Error()+": ")
 	}
 	c.problem(c.at(rel, fsckProblem{Kind: probDirID, Detail: what + "; the names in the directory cannot be decrypted (its entries do not show through the mount; fsck names them by their backing paths)"}))
-}
-
-// emptyBackingDir reports whether the directory name in dirfd holds
-// nothing but kmsfs's own names files.
-func emptyBackingDir(dirfd int, name string) (bool, error) {
-	fd, err := backing.OpenAt(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		return false, err
-	}
-	f := os.NewFile(uintptr(fd), name)
-	defer f.Close()
-	ents, err := f.Readdirnames(-1)
-	if err != nil {
-		return false, err
-	}
-	for _, e := range ents {
-		if !names.Internal(e) {
-			return false, nil
-		}
-	}
-	return true, nil
 }
 
 // orphans reports the long names' .name files whose entry is gone, and

@@ -19,6 +19,7 @@ package backing
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -268,4 +269,16 @@ func ReadSmall(dirfd int, name string, max int) ([]byte, error) {
 		n += k
 	}
 	return buf[:n], nil
+}
+
+// List returns the names in the directory rel beneath dirfd (without .
+// and ..), opened as Open does.
+func List(dirfd int, rel string) ([]string, error) {
+	fd, err := OpenAt(dirfd, rel, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	return f.Readdirnames(-1)
 }

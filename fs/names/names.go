@@ -199,6 +199,18 @@ func Internal(backing string) bool {
 	return backing == DirIDName || (strings.HasPrefix(backing, LongPrefix) && strings.HasSuffix(backing, LongSuffix))
 }
 
+// OnlyInternal reports whether the backing entries of a directory are
+// all kmsfs's own (Internal): the directory is empty as seen through the
+// mount.
+func OnlyInternal(entries []string) bool {
+	for _, e := range entries {
+		if !Internal(e) {
+			return false
+		}
+	}
+	return true
+}
+
 func nonce() ([]byte, error) {
 	n := make([]byte, nonceSize)
 	if _, err := rand.Read(n); err != nil {
