@@ -52,7 +52,7 @@ var (
 // opposed to a transient failure. The FUSE edge maps permanent failures to
 // EACCES and transient ones to EIO.
 func IsPermanent(err error) bool {
-	for _, e := range []error{ErrAccessDenied, ErrBadCredentials, ErrKeyNotFound, ErrKeyDisabled, ErrUnwrap, ErrBadURI} {
+	for _, e := range []error{ErrAccessDenied, ErrBadCredentials, ErrKeyNotFound, ErrKeyDisabled, ErrUnwrap, ErrBadURI, ErrNotAsymmetric, ErrWriteOnly} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -89,6 +89,14 @@ type Options struct {
 	// Create asks providers that keep keys locally to create the key if it
 	// does not exist yet (kmsfs init).
 	Create bool
+	// PublicKeys are the public keys (DER SubjectPublicKeyInfo or PEM) of
+	// asymmetric keys, by key URI (keyring/pubkey), as the trust record
+	// keeps them.
+	PublicKeys map[string][]byte
+	// WriteOnly opens asymmetric keys with their public key only: nothing
+	// of the provider is opened, no credential is needed, and no unwrap
+	// can succeed (a write-only mount).
+	WriteOnly bool
 }
 
 // Opener opens the keyring named by u.
@@ -293,6 +301,58 @@ func (r *Resolver) Stats() []KeyStats {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].URI < out[j].URI })
 	return out
+}
+
+// PublicKeys returns the public keys (DER SubjectPublicKeyInfo) the
+// keyrings opened so far hold, by URI: those of asymmetric keys
+// (keyring/pubkey) that were given one or have fetched it, for the trust
+// record.
+func (r *Resolver) PublicKeys() map[string][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string][]byte{}
+	for uri, e := range r.open {
+		if e.kr == nil {
+			continue
+		}
+		if h, ok := underlying(e.kr).(interface{ KnownPublicKey() []byte }); ok {
+			if der := h.KnownPublicKey(); der != nil {
+				out[uri] = der
+			}
+		}
+	}
+	return out
+}
+
+// PublicKey returns the public key (DER SubjectPublicKeyInfo) of the
+// asymmetric key uri, opening it and fetching the key from the service if
+// needed. It fails for a key that is not asymmetric.
+func (r *Resolver) PublicKey(ctx context.Context, uri string) ([]byte, error) {
+	kr, err := r.Get(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	h, ok := underlying(kr).(interface {
+		PublicKey(context.Context) ([]byte, error)
+	})
+	if !ok {
+		return nil, fmt.Errorf("%s: %w", RedactURI(uri), ErrNotAsymmetric)
+	}
+	return h.PublicKey(ctx)
+}
+
+// underlying returns the keyring beneath the resolver's decorations.
+func underlying(kr Keyring) Keyring {
+	for {
+		switch k := kr.(type) {
+		case *cachingKeyring:
+			kr = k.Keyring
+		case *meteredKeyring:
+			kr = k.Keyring
+		default:
+			return kr
+		}
+	}
 }
 
 // Add registers an already opened keyring with the resolver.

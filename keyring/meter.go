@@ -3,6 +3,7 @@ package keyring
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,10 +11,15 @@ import (
 
 // KeyStats counts the calls made to one key service key.
 type KeyStats struct {
-	URI       string `json:"uri"`
-	Generate  int64  `json:"generate_calls"`
-	Unwrap    int64  `json:"unwrap_calls"`
-	Wrap      int64  `json:"wrap_calls"`
+	URI      string `json:"uri"`
+	Generate int64  `json:"generate_calls"`
+	Unwrap   int64  `json:"unwrap_calls"`
+	Wrap     int64  `json:"wrap_calls"`
+	// KMSCalls counts the calls that reached the key service: for most
+	// keys every generate, unwrap and wrap; for a local key none; for an
+	// asymmetric key (keyring/pubkey) only decryptions and public key
+	// fetches, since it wraps locally.
+	KMSCalls  int64  `json:"kms_calls"`
 	Errors    int64  `json:"errors"`
 	TotalMs   int64  `json:"total_ms"`
 	MaxMs     int64  `json:"max_ms"`
@@ -78,10 +84,19 @@ func (m *meteredKeyring) stats() KeyStats {
 	m.mu.Lock()
 	last := m.lastErr
 	m.mu.Unlock()
-	return KeyStats{
+	st := KeyStats{
 		URI: m.URI(), Generate: m.generate.Load(), Unwrap: m.unwrap.Load(), Wrap: m.wrap.Load(),
 		Errors: m.errors.Load(), TotalMs: m.totalNs.Load() / 1e6, MaxMs: m.maxNs.Load() / 1e6, LastError: last,
 	}
+	switch k := m.Keyring.(type) {
+	case interface{ KMSCalls() int64 }:
+		st.KMSCalls = k.KMSCalls()
+	default:
+		if !strings.HasPrefix(m.URI(), "local:") {
+			st.KMSCalls = st.Generate + st.Unwrap + st.Wrap
+		}
+	}
+	return st
 }
 
 func errNoWrap(uri string) error {

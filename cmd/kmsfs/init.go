@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/local"
+	"github.com/kmsfs/kmsfs/keyring/pubkey"
 )
 
-const initHelp = `Usage: kmsfs init [--key URI]... [--block-size N] [--reuse-files N] [--reuse-seconds S] [--one-key-per-file] [--passphrase-file F] CIPHERDIR
+const initHelp = `Usage: kmsfs init [--key URI]... [--block-size N] [--reuse-files N] [--reuse-seconds S] [--one-key-per-file] [--passphrase-file F] [--public-key [URI=]PEMFILE]... [--write-only] CIPHERDIR
 
 Makes the empty directory CIPHERDIR a kmsfs volume. Every file written
 through its mount gets a data key wrapped under each --key (any one of them
@@ -37,6 +40,16 @@ Options:
         --plaintext-names     keep file names, symlink targets and extended
                               attributes in clear in the backing directory
                               (by default they are encrypted)
+        --public-key [URI=]F  the public key (PEM) of an asymmetric --key
+                              (SCHEME+rsa://...); URI= may be left out when
+                              there is one such key. Without it the public
+                              key is fetched from the key service once
+        --write-only          this machine holds public keys only: it
+                              writes new files and never reads others (every
+                              --key must be asymmetric). Its mounts call no
+                              key service; the names key is kept in this
+                              user's trust record, which it needs to find
+                              names (docs/KEYS.md, "Write-only volumes")
 `
 
 func runInit(args []string) int {
@@ -48,6 +61,9 @@ func runInit(args []string) int {
 	reuseSecs := fl.Int("reuse-seconds", volume.DefaultReuseSeconds, "")
 	strict := fl.Bool("one-key-per-file", false, "")
 	plainNames := fl.Bool("plaintext-names", false, "")
+	pubFlags := new(stringList)
+	fl.Var(pubFlags, "public-key", "")
+	writeOnly := fl.Bool("write-only", false, "")
 	pos, code, ok := parseFlags(fl, args, initHelp)
 	if !ok {
 		return code
@@ -71,6 +87,17 @@ func runInit(args []string) int {
 		return code
 	}
 	opts := keyring.Options{Create: true}
+	pubs, err := publicKeyFlags(*pubFlags, keys)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	if *writeOnly {
+		if pubs, err = writeOnlyKeys(keys, pubs); err != nil {
+			return errorf(exitCode(err), "%v", err)
+		}
+		opts.WriteOnly = true
+	}
+	opts.PublicKeys = pubs
 	if *pf != "" {
 		if code := checkPassphraseFlag(*pf); code != 0 {
 			return code
@@ -99,11 +126,11 @@ func runInit(args []string) int {
 	if *strict {
 		*reuseFiles = 1
 	}
-	cfg, err := volume.Init(context.Background(), dir, volume.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs, PlaintextNames: *plainNames}, res)
+	cfg, err := volume.Init(context.Background(), dir, volume.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs, PlaintextNames: *plainNames, WriteOnly: *writeOnly}, res)
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
-	if err := recordInit(cfg); err != nil {
+	if err := recordInit(cfg, res.PublicKeys(), *writeOnly); err != nil {
 		return errorf(exitError, "recording the volume's keys as trusted: %v", err)
 	}
 	fmt.Printf("kmsfs: initialised %s (volume %s, format version %d, block size %d, a data key serves up to %d files for %d s)\n", dir, cfg.VolumeID, cfg.Version, cfg.BlockSize, cfg.ReuseFiles, cfg.ReuseSeconds)
@@ -122,8 +149,73 @@ func runInit(args []string) int {
 			fmt.Printf("kmsfs: created the local key file %s (mode 0600): back it up somewhere safe now; without it the files cannot be read\n", path)
 		}
 	}
+	if *writeOnly {
+		fmt.Println("kmsfs: write-only: mounts on this machine write new files and cannot read existing ones; a machine whose credentials may decrypt with the key reads everything (kmsfs trust)")
+	}
 	fmt.Printf("kmsfs: mount it with: kmsfs mount %s MOUNTPOINT\n", dir)
 	return exitOK
+}
+
+// publicKeyFlags reads the --public-key flags: URI=FILE, or FILE alone
+// when exactly one of keys is asymmetric. It returns the keys' PEM by URI.
+func publicKeyFlags(flags []string, keys []string) (map[string][]byte, error) {
+	var asym []string
+	for _, k := range keys {
+		if pubkey.IsURI(k) {
+			asym = append(asym, k)
+		}
+	}
+	out := map[string][]byte{}
+	for _, f := range flags {
+		uri, file, found := strings.Cut(f, "=")
+		if !found || !strings.Contains(uri, "://") {
+			if len(asym) != 1 {
+				return nil, fmt.Errorf("--public-key %s: say which key it is for (URI=FILE): %d asymmetric keys given", f, len(asym))
+			}
+			uri, file = asym[0], f
+		}
+		if !slices.Contains(asym, uri) {
+			return nil, fmt.Errorf("--public-key: %s is not one of the asymmetric (SCHEME+rsa://) keys given with --key", keyring.RedactURI(uri))
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--public-key: %w", err)
+		}
+		if _, err := pubkey.ParsePublicKey(b); err != nil {
+			return nil, fmt.Errorf("--public-key %s: %w", file, err)
+		}
+		out[uri] = b
+	}
+	return out, nil
+}
+
+// writeOnlyKeys checks that every key is asymmetric and returns the
+// public keys of all of them, fetching from the key service (one call
+// each) those not given.
+func writeOnlyKeys(keys []string, pubs map[string][]byte) (map[string][]byte, error) {
+	reg := newRegistry()
+	for _, k := range keys {
+		if !pubkey.IsURI(k) {
+			return nil, fmt.Errorf("--write-only: %w: %s is not an asymmetric key (SCHEME+rsa://...): a write-only machine must hold public keys only", keyring.ErrBadURI, keyring.RedactURI(k))
+		}
+		if pubs[k] != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		kr, err := reg.Open(ctx, k, keyring.Options{})
+		var der []byte
+		if err == nil {
+			der, err = kr.(interface {
+				PublicKey(context.Context) ([]byte, error)
+			}).PublicKey(ctx)
+		}
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("--write-only: fetching the public key of %s (or give it with --public-key): %w", keyring.RedactURI(k), err)
+		}
+		pubs[k] = pubkey.PEM(der)
+	}
+	return pubs, nil
 }
 
 // defaultKeyURI names the local key file in the user's config directory.

@@ -138,19 +138,22 @@ func runMount(args []string) int {
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
-	openOpts := volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired}
+	openOpts := volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired, WriteOnly: rec.WriteOnly}
+	keyOpts := keyring.Options{PublicKeys: rec.PublicKeyMap(), WriteOnly: rec.WriteOnly != nil}
 	if !*fg && os.Getenv(envReadyFD) == "" {
 		// Open the volume here first, so key problems and passphrase
 		// prompts happen on the user's terminal.
 		var pass []byte
 		src := passphraseSource(*pf)
-		res := keyring.NewResolver(newRegistry(), keyring.Options{Passphrase: func(prompt string) ([]byte, error) {
+		o := keyOpts
+		o.Passphrase = func(prompt string) ([]byte, error) {
 			p, err := src(prompt)
 			if err == nil {
 				pass = bytes.Clone(p)
 			}
 			return p, err
-		}})
+		}
+		res := keyring.NewResolver(newRegistry(), o)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		vol, err := volume.Open(ctx, cipherDir, res, openOpts)
 		cancel()
@@ -176,7 +179,8 @@ func runMount(args []string) int {
 	}
 	defer logCloser.Close()
 
-	opts := keyring.Options{Passphrase: passphraseSource(*pf)}
+	opts := keyOpts
+	opts.Passphrase = passphraseSource(*pf)
 	if fdStr := os.Getenv(envPassFD); fdStr != "" {
 		opts.Passphrase = passphraseFromFD(fdStr)
 	}
@@ -209,6 +213,9 @@ func runMount(args []string) int {
 		defer ctl.Close()
 	}
 	logger.Printf("kmsfs: serving %s at %s (volume %s)", cipherDir, mnt, vol.Config.VolumeID)
+	if vol.WriteOnly() {
+		logger.Printf("kmsfs: write-only mount: this machine holds public keys only; it writes new files and cannot open files it did not create")
+	}
 	ready(0, "")
 	// A foreground server started by systemd (Type=notify) tells it the
 	// mount is ready, and when it stops.

@@ -39,6 +39,9 @@ func openOffline(ctx context.Context, dir string, extra []string, res *keyring.R
 	}
 	ctx, cancel := context.WithTimeout(ctx, offlineTimeout)
 	defer cancel()
+	if rec.WriteOnly != nil {
+		return nil, fmt.Errorf("%s: %w: this machine holds only public keys for the volume (write-only); run this where the key service decrypts", dir, keyring.ErrWriteOnly)
+	}
 	return volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired, Log: logger})
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/kmsfs/kmsfs/fs/trust"
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/pubkey"
 )
 
 func init() {
@@ -110,6 +111,14 @@ func runTrust(args []string) int {
 	if err != nil {
 		return errorf(exitError, "%v", err)
 	}
+	for _, k := range keys {
+		if pubkey.IsURI(k) {
+			if _, err := res.PublicKey(ctx, k); err != nil {
+				return errorf(exitCode(err), "fetching the public key of %s: %v", keyring.RedactURI(k), err)
+			}
+		}
+	}
+	pubs := res.PublicKeys()
 	if err := store.Update(gotID, func(r *trust.Record) {
 		r.Epoch = max(r.Epoch, epoch)
 		for _, k := range keys {
@@ -118,6 +127,7 @@ func runTrust(args []string) int {
 			}
 			r.Retired = slices.DeleteFunc(r.Retired, func(x string) bool { return x == k })
 		}
+		addPublicKeys(r, pubs)
 	}); err != nil {
 		return errorf(exitError, "%v", err)
 	}
@@ -153,13 +163,40 @@ func trustedKeys(dir string, extra []string) (*trust.Record, *trust.Store, error
 	return rec, store, nil
 }
 
-// recordInit records the keys a new volume was made with as trusted.
-func recordInit(cfg *volume.Config) error {
+// recordInit records the keys a new volume was made with as trusted,
+// with the public keys of its asymmetric keys (DER, by URI) and, for a
+// write-only machine, its configuration (names key included; cleared
+// from cfg here).
+func recordInit(cfg *volume.Config, pubs map[string][]byte, writeOnly bool) error {
+	defer func() { clear(cfg.NamesKey); cfg.NamesKey = nil }()
 	store, err := trust.DefaultStore()
 	if err != nil {
 		return err
 	}
-	return store.Save(&trust.Record{VolumeID: cfg.VolumeID, Keys: slices.Clone(cfg.Keys), Epoch: cfg.Epoch})
+	rec := &trust.Record{VolumeID: cfg.VolumeID, Keys: slices.Clone(cfg.Keys), Epoch: cfg.Epoch}
+	addPublicKeys(rec, pubs)
+	if writeOnly {
+		plain, err := volume.MarshalConfig(cfg)
+		if err != nil {
+			return err
+		}
+		defer clear(plain)
+		rec.WriteOnly = plain
+	}
+	return store.Save(rec)
+}
+
+// addPublicKeys records the public keys (DER, by URI) of rec's keys.
+func addPublicKeys(rec *trust.Record, pubs map[string][]byte) {
+	for uri, der := range pubs {
+		if !slices.Contains(rec.Keys, uri) && !slices.Contains(rec.Retired, uri) {
+			continue
+		}
+		if rec.PublicKeys == nil {
+			rec.PublicKeys = map[string]string{}
+		}
+		rec.PublicKeys[uri] = string(pubkey.PEM(der))
+	}
 }
 
 // checkEpoch refuses a configuration older than the last one this user

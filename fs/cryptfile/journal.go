@@ -3,8 +3,10 @@ package cryptfile
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log"
@@ -54,8 +56,12 @@ import (
 const (
 	// JournalName is the name of the journal file in the root of the
 	// backing directory; it is invisible through the mount.
-	JournalName  = "kmsfs.journal"
-	journalSlots = 8
+	JournalName = "kmsfs.journal"
+	// ParkedJournalPrefix starts the names of parked journals: journals a
+	// write-only mount moved aside because it cannot load their key
+	// (docs/FORMAT.md, "Write journal"). A mount that can replays them.
+	ParkedJournalPrefix = JournalName + "."
+	journalSlots        = 8
 	journalHdr   = 4096 // the record page of a slot
 	journalBase  = header.Size
 	// recordFixed is the fixed part of a record's plaintext.
@@ -275,13 +281,26 @@ func OpenJournal(ctx context.Context, dir *backing.Dir, maxData int, keys Keyer,
 		}
 		return nil, fmt.Errorf("locking the write journal: %w", err)
 	}
-	j := &Journal{fd: fd, slotSize: int64(journalHdr + (maxData+4095)/4096*4096), free: make(chan int, journalSlots), log: logger}
-	if err := j.replay(ctx, dir, keys); err != nil {
-		syscall.Close(fd)
+	slotSize := int64(journalHdr + (maxData+4095)/4096*4096)
+	j := &Journal{fd: fd, slotSize: slotSize, free: make(chan int, journalSlots), log: logger}
+	if writable && writeOnly(keys) && j.anyRecord() {
+		// Records this mount cannot open: keep them for a mount that can.
+		nfd, err := j.park(dir, flags)
+		if err != nil {
+			syscall.Close(fd)
+			return nil, err
+		}
+		j.fd = nfd
+	}
+	if _, err := j.replay(ctx, dir, keys); err != nil {
+		syscall.Close(j.fd)
 		return nil, err
 	}
 	if !writable {
 		return j, nil
+	}
+	if !writeOnly(keys) {
+		replayParked(ctx, dir, slotSize, keys, logger)
 	}
 	j.keys = keys
 	j.lastTry = time.Now()
@@ -345,23 +364,114 @@ func (j *Journal) Close() {
 	syscall.Close(j.fd)
 }
 
+// writeOnly reports whether keys can make keys but not load them (a
+// write-only mount's).
+func writeOnly(keys Keyer) bool {
+	w, ok := keys.(interface{ WriteOnly() bool })
+	return ok && w.WriteOnly()
+}
+
+// park moves the journal (j.fd, locked) aside to a new parked name, syncs
+// the directory, and returns a new journal opened and locked with flags.
+func (j *Journal) park(dir *backing.Dir, flags int) (int, error) {
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return -1, err
+	}
+	name := ParkedJournalPrefix + hex.EncodeToString(rnd[:])
+	if err := unix.Renameat2(dir.Fd(), JournalName, dir.Fd(), name, unix.RENAME_NOREPLACE); err != nil {
+		return -1, fmt.Errorf("write journal: parking the records of a crashed mount as %s: %w", name, err)
+	}
+	if err := unix.Fsync(dir.Fd()); err != nil {
+		return -1, fmt.Errorf("write journal: parking: syncing %s: %w", dir.Path, err)
+	}
+	j.log.Printf("kmsfs: the write journal holds writes of an interrupted mount that this write-only mount cannot open; kept as %s for the next mount that can read the volume", name)
+	syscall.Close(j.fd)
+	fd, err := dir.Open(JournalName, flags, 0o600)
+	if err != nil {
+		return -1, fmt.Errorf("write journal %s/%s: %w", dir.Path, JournalName, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		syscall.Close(fd)
+		if err == unix.EWOULDBLOCK {
+			return -1, fmt.Errorf("%s: %w", dir.Path, ErrLocked)
+		}
+		return -1, fmt.Errorf("locking the write journal: %w", err)
+	}
+	return fd, nil
+}
+
+// replayParked replays every parked journal in dir whose key loads, and
+// removes it; the others stay, logged.
+func replayParked(ctx context.Context, dir *backing.Dir, slotSize int64, keys Keyer, logger *log.Logger) {
+	names, err := backing.List(dir.Fd(), ".")
+	if err != nil {
+		logger.Printf("kmsfs: looking for parked write journals: %v", err)
+		return
+	}
+	for _, name := range names {
+		if !IsParkedJournal(name) {
+			continue
+		}
+		fd, err := dir.Open(name, syscall.O_RDWR, 0)
+		if err != nil {
+			logger.Printf("kmsfs: parked write journal %s: %v", name, err)
+			continue
+		}
+		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			syscall.Close(fd)
+			continue // another mount is replaying it
+		}
+		p := &Journal{fd: fd, slotSize: slotSize, log: logger}
+		done, err := p.replay(ctx, dir, keys)
+		if err == nil && done {
+			if err = unix.Unlinkat(dir.Fd(), name, 0); err == nil {
+				err = unix.Fsync(dir.Fd())
+			}
+			if err == nil {
+				logger.Printf("kmsfs: parked write journal %s replayed and removed", name)
+			}
+		}
+		if err != nil {
+			logger.Printf("kmsfs: parked write journal %s: %v", name, err)
+		}
+		syscall.Close(fd)
+	}
+}
+
+// IsParkedJournal reports whether name (in the root of the backing
+// directory) is a parked journal's.
+func IsParkedJournal(name string) bool {
+	rest, ok := strings.CutPrefix(name, ParkedJournalPrefix)
+	if !ok || len(rest) != 16 {
+		return false
+	}
+	for _, c := range rest {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // replay redoes the writes of every slot that holds an authentic record,
-// and clears every slot.
-func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) error {
+// and clears every slot. done is false when records were left because
+// the journal's key could not be loaded.
+func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) (done bool, err error) {
 	var st syscall.Stat_t
 	if err := syscall.Fstat(j.fd, &st); err != nil {
-		return fmt.Errorf("write journal: %w", err)
+		return false, fmt.Errorf("write journal: %w", err)
 	}
 	if st.Size == 0 {
-		return nil
+		return true, nil
 	}
 	head := make([]byte, len(oldJournalMagic))
 	if n, _ := preadAll(j.fd, head, 0); n == len(head) && bytes.Equal(head, oldJournalMagic) {
 		j.log.Printf("kmsfs: the write journal is of an older kmsfs; its records cannot be authenticated and are not replayed")
-		return nil
+		return true, nil
 	}
 	if !j.anyRecord() {
-		return nil // a clean journal: nothing to replay, no key needed
+		return true, nil // a clean journal: nothing to replay, no key needed
 	}
 	k, err := keys.Load(context.WithoutCancel(ctx), j.fd, func() string { return JournalName })
 	if err != nil || k == nil {
@@ -369,7 +479,7 @@ func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) erro
 			err = errors.New("no header")
 		}
 		j.log.Printf("kmsfs: the write journal's key cannot be loaded (%v); its records are not replayed", err)
-		return nil
+		return false, nil
 	}
 	defer k.Close()
 	c := k.Cipher()
@@ -378,7 +488,7 @@ func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) erro
 		off := j.slotOffset(i)
 		n, err := preadAll(j.fd, page, off)
 		if err != nil {
-			return fmt.Errorf("reading write journal: %w", err)
+			return false, fmt.Errorf("reading write journal: %w", err)
 		}
 		r, err := openRecord(c, i, page[:n], j.slotSize-journalHdr)
 		switch {
@@ -396,14 +506,14 @@ func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) erro
 		}
 		if err != errNoRecord {
 			if err := j.clear(i); err != nil {
-				return err
+				return false, err
 			}
 		}
 		if err := j.clearCopy(i, min(j.slotSize, st.Size-off)-journalHdr); err != nil {
-			return err
+			return false, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // anyRecord reports whether a slot's record page is not all zeros (or

@@ -44,6 +44,28 @@ type Record struct {
 	// the volume: an older configuration is refused unless the user
 	// overrides it.
 	Epoch uint64 `json:"epoch,omitempty"`
+	// PublicKeys are the PEM public keys of trusted asymmetric keys
+	// (key URIs of a +rsa scheme), by URI: new files are wrapped under
+	// them without calling the key service.
+	PublicKeys map[string]string `json:"public_keys,omitempty"`
+	// WriteOnly, when set, is the volume configuration (kmsfs.conf's
+	// plaintext, names key included) of a write-only host, which holds
+	// only public keys and so cannot read kmsfs.conf: every mount of the
+	// volume by this user is write-only and uses it.
+	WriteOnly json.RawMessage `json:"write_only,omitempty"`
+}
+
+// PublicKeyMap returns the record's public keys in the form
+// keyring.Options takes.
+func (r *Record) PublicKeyMap() map[string][]byte {
+	if r == nil || len(r.PublicKeys) == 0 {
+		return nil
+	}
+	m := make(map[string][]byte, len(r.PublicKeys))
+	for u, p := range r.PublicKeys {
+		m[u] = []byte(p)
+	}
+	return m
 }
 
 // Trusts reports whether uri is one of the record's keys.
@@ -89,6 +111,7 @@ func (s *Store) Load(volumeID string) (*Record, error) {
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, maxRecord+1))
+	defer clear(b) // a write-only record holds the names key
 	if err != nil {
 		return nil, fmt.Errorf("trust store: %w", err)
 	}
@@ -129,6 +152,7 @@ func (s *Store) Save(r *Record) error {
 	if err != nil {
 		return err
 	}
+	defer clear(b)
 	tmp, err := os.CreateTemp(s.Dir, ".tmp-*")
 	if err != nil {
 		return fmt.Errorf("trust store: %w", err)

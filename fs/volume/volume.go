@@ -70,11 +70,12 @@ var (
 )
 
 // Internal reports whether name, in the root of the backing directory,
-// is one of kmsfs's own files: the configuration, its temporary copy
-// and the write journal. They are invisible through the mount.
+// is one of kmsfs's own files: the configuration, its temporary copy,
+// the write journal and parked journals, and re-encryption copies. They
+// are invisible through the mount.
 func Internal(name string) bool {
 	return name == ConfigName || name == ConfigName+".tmp" || name == cryptfile.JournalName ||
-		strings.HasPrefix(name, cryptfile.ReencryptPrefix)
+		cryptfile.IsParkedJournal(name) || strings.HasPrefix(name, cryptfile.ReencryptPrefix)
 }
 
 // Config is the plaintext of the volume configuration (docs/FORMAT.md).
@@ -128,6 +129,10 @@ type InitOptions struct {
 	// PlaintextNames keeps names, symlink targets and extended attributes
 	// in clear (a version-2 volume with "names": "plaintext").
 	PlaintextNames bool
+	// WriteOnly leaves the names key in the returned configuration, for
+	// the caller to keep in the trust record of a write-only host (which
+	// cannot read kmsfs.conf back) and to clear.
+	WriteOnly bool
 }
 
 // Volume is an opened kmsfs volume: its configuration and the keyrings new
@@ -163,6 +168,10 @@ type Volume struct {
 	// namesKey, in locked memory.
 	names    *names.Cipher
 	namesKey *memguard.LockedBuffer
+
+	// writeOnly: the configuration came from the trust record, not from
+	// kmsfs.conf (OpenOptions.WriteOnly).
+	writeOnly bool
 }
 
 // OpenOptions are the optional parts of opening a volume.
@@ -183,6 +192,11 @@ type OpenOptions struct {
 	// new file is wrapped under, whatever the configuration says (a key
 	// being removed by rewrap).
 	Retired []string
+	// WriteOnly, when not nil, is the plaintext of the configuration a
+	// write-only host keeps in its trust record (kmsfs init --write-only):
+	// kmsfs.conf is not read (the host cannot unwrap it), this one is used
+	// instead, and the volume reports WriteOnly. The caller clears it.
+	WriteOnly []byte
 }
 
 // EncryptionContext returns the encryption context kmsfs gives every key
@@ -288,13 +302,16 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 		if _, err := rand.Read(cfg.NamesKey); err != nil {
 			return nil, fmt.Errorf("init: %w", err)
 		}
-		defer func() { clear(cfg.NamesKey); cfg.NamesKey = nil }()
+		if !o.WriteOnly {
+			defer func() { clear(cfg.NamesKey); cfg.NamesKey = nil }()
+		}
 	}
 	v := &Volume{Dir: dir, dir: d, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0), trusted: map[string]bool{}, retired: map[string]bool{}}
 	for _, u := range keyURIs {
 		v.trusted[u] = true
 	}
 	if err := v.writeConfig(ctx, &cfg); err != nil {
+		clear(cfg.NamesKey)
 		return nil, fmt.Errorf("init: %w", err)
 	}
 	return &cfg, nil
@@ -363,7 +380,13 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 			v.retired[u] = true
 		}
 	}
-	cfg, err := v.readConfig(ctx)
+	var cfg *Config
+	if o.WriteOnly != nil {
+		v.writeOnly = true
+		cfg, err = v.writerConfig(o.WriteOnly)
+	} else {
+		cfg, err = v.readConfig(ctx)
+	}
 	if err == nil {
 		err = v.takeNamesKey(cfg)
 	}
@@ -454,6 +477,41 @@ func SlotKeys(dir string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// writerConfig parses the configuration a write-only host keeps, checks
+// it against what the backing directory claims (its volume ID and block
+// size, from kmsfs.conf's header) and sets the volume's geometry.
+func (v *Volume) writerConfig(plain []byte) (*Config, error) {
+	c, err := ParseConfig(plain)
+	if err != nil {
+		return nil, fmt.Errorf("the write-only configuration in the trust record: %w", err)
+	}
+	h, err := configHeader(v.Dir)
+	if err == nil {
+		var id string
+		if id, err = PeekVolumeID(v.Dir); err == nil && id != c.VolumeID {
+			err = fmt.Errorf("%w: the backing directory holds volume %s, the trust record's write-only configuration is volume %s", ErrBadConfig, id, c.VolumeID)
+		}
+	}
+	if err == nil && h.Preamble.BlockSize() != c.BlockSize {
+		err = fmt.Errorf("%w: block size %d in the trust record, %d in %s", ErrBadConfig, c.BlockSize, h.Preamble.BlockSize(), ConfigName)
+	}
+	if err != nil {
+		clear(c.NamesKey)
+		return nil, err
+	}
+	v.shift = h.Preamble.BlockShift
+	v.Layout = layoutFor(c.BlockSize)
+	return c, nil
+}
+
+// WriteOnly reports whether the volume was opened write-only: it holds
+// only public keys, writes new files and reads no other.
+func (v *Volume) WriteOnly() bool { return v.writeOnly }
+
+// MarshalConfig returns the JSON of cfg as kmsfs.conf holds it, with
+// cfg.NamesKey. The caller wipes the result.
+func MarshalConfig(cfg *Config) ([]byte, error) { return marshalConfig(cfg, cfg.NamesKey) }
 
 // readConfig reads and authenticates the volume configuration. On the
 // first call it also sets the volume's geometry from it.
@@ -584,8 +642,11 @@ func (v *Volume) setConfig(cfg *Config) {
 }
 
 // Reload reads the configuration again (after "kmsfs rewrap" changed the
-// key list of a mounted volume).
+// key list of a mounted volume). A write-only volume cannot read it.
 func (v *Volume) Reload(ctx context.Context) error {
+	if v.writeOnly {
+		return fmt.Errorf("%s: a write-only mount cannot read the configuration; it keeps the one in its trust record", v.Dir)
+	}
 	cfg, err := v.readConfig(ctx)
 	if err == nil {
 		err = v.takeNamesKey(cfg)
@@ -766,6 +827,10 @@ func (v *Volume) JournalKeys() cryptfile.Keyer { return journalKeys{v} }
 
 // journalKeys is the Keyer JournalKeys returns.
 type journalKeys struct{ v *Volume }
+
+// WriteOnly reports whether the volume is write-only: journal keys it
+// makes, it cannot load.
+func (j journalKeys) WriteOnly() bool { return j.v.writeOnly }
 
 // Load reads and unlocks the journal's header.
 func (j journalKeys) Load(ctx context.Context, fd int, name func() string) (cryptfile.Key, error) {

@@ -1,6 +1,8 @@
 package kmsemu
 
 import (
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +15,7 @@ import (
 // The admin API, on the same port as the emulated services:
 //
 //	GET  /_emulator/keys                      list keys
-//	POST /_emulator/keys                      {"cloud","region","project","id","alias"} -> key
+//	POST /_emulator/keys                      {"cloud","region","project","id","alias","spec"} -> key
 //	POST /_emulator/keys/{id}/state           {"state":"Enabled"|"Disabled"|"PendingDeletion"}
 //	POST /_emulator/keys/{id}/aliases         {"alias":"alias/NAME"}
 //	GET  /_emulator/faults                    list faults
@@ -45,6 +47,7 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			Project string `json:"project"`
 			ID      string `json:"id"`
 			Alias   string `json:"alias"`
+			Spec    string `json:"spec"`
 		}
 		if err := dec.Decode(&req); err != nil {
 			adminErr(w, http.StatusBadRequest, err)
@@ -143,7 +146,9 @@ type state struct {
 
 type stateKey struct {
 	Key
-	Secret []byte `json:"secret"`
+	Secret []byte `json:"secret,omitempty"`
+	// Private is an asymmetric key's private key, PKCS #8 DER.
+	Private []byte `json:"private,omitempty"`
 }
 
 func (s *Server) load() error {
@@ -166,10 +171,20 @@ func (s *Server) load() error {
 	s.store.mu.Lock()
 	defer s.store.mu.Unlock()
 	for _, k := range st.Keys {
-		if len(k.Secret) != 32 || !k.Cloud.valid() {
+		c := &cmk{Key: k.Key, secret: k.Secret}
+		if k.Spec != "" {
+			p, err := x509.ParsePKCS8PrivateKey(k.Private)
+			rk, ok := p.(*rsa.PrivateKey)
+			if err != nil || !ok || len(k.Secret) != 0 {
+				return fmt.Errorf("kmsemu: state file %s: key %s is malformed", s.cfg.StateFile, k.ID)
+			}
+			c.priv = rk
+		} else if len(k.Secret) != 32 {
 			return fmt.Errorf("kmsemu: state file %s: key %s is malformed", s.cfg.StateFile, k.ID)
 		}
-		c := &cmk{Key: k.Key, secret: k.Secret}
+		if !k.Cloud.valid() {
+			return fmt.Errorf("kmsemu: state file %s: key %s is malformed", s.cfg.StateFile, k.ID)
+		}
 		s.store.keys[k.ID] = c
 		for _, a := range k.Aliases {
 			s.store.aliases[aliasKey(k.Cloud, k.Region, a)] = k.ID
@@ -190,7 +205,11 @@ func (s *Server) save() error {
 	s.mu.Unlock()
 	s.store.mu.Lock()
 	for _, k := range s.store.keys {
-		st.Keys = append(st.Keys, stateKey{Key: k.snapshot(), Secret: k.secret})
+		sk := stateKey{Key: k.snapshot(), Secret: k.secret}
+		if k.priv != nil {
+			sk.Private, _ = x509.MarshalPKCS8PrivateKey(k.priv)
+		}
+		st.Keys = append(st.Keys, sk)
 	}
 	s.store.mu.Unlock()
 	b, err := json.MarshalIndent(st, "", "  ")

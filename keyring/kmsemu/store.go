@@ -4,6 +4,9 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,11 +55,19 @@ type Key struct {
 	Aliases []string `json:"aliases,omitempty"`
 	// DeletionDate is set while PendingDeletion.
 	DeletionDate time.Time `json:"deletion_date,omitzero"`
+	// Spec is empty for a symmetric key (AES-256, ENCRYPT_DECRYPT) or
+	// names an asymmetric decryption key: one of RSASpecs.
+	Spec string `json:"spec,omitempty"`
 }
+
+// RSASpecs are the asymmetric key specs the emulator creates: RSA keys
+// for RSAES-OAEP with SHA-256 (the clouds call them RSA_2048 and so on).
+var RSASpecs = map[string]int{"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
 
 type cmk struct {
 	Key
-	secret []byte // 32 bytes
+	secret []byte          // 32 bytes, symmetric keys only
+	priv   *rsa.PrivateKey // asymmetric keys only
 }
 
 // Errors of the key store, mapped to each cloud's codes by the handlers.
@@ -67,6 +78,9 @@ var (
 	errPending    = errors.New("key pending deletion")
 	errCiphertext = errors.New("ciphertext malformed")
 	errAuth       = errors.New("ciphertext does not authenticate (wrong context or altered)")
+	// errUsage: a symmetric operation on an asymmetric key or the
+	// reverse (the clouds answer with their own usage error).
+	errUsage = errors.New("the key's usage does not allow this operation")
 )
 
 type store struct {
@@ -98,6 +112,9 @@ type KeySpec struct {
 	Project string // Huawei: the project the key belongs to
 	ID      string // optional; a random UUID if empty
 	Alias   string // optional, e.g. "alias/backup" (Alibaba)
+	// Spec is empty for a symmetric key, or one of RSASpecs for an
+	// asymmetric decryption key.
+	Spec string
 }
 
 func (s *store) create(spec KeySpec) (Key, error) {
@@ -110,6 +127,17 @@ func (s *store) create(spec KeySpec) (Key, error) {
 	if spec.Cloud == Huawei && spec.Project == "" {
 		return Key{}, errors.New("huawei keys need a project ID")
 	}
+	var priv *rsa.PrivateKey
+	if spec.Spec != "" {
+		bits, ok := RSASpecs[spec.Spec]
+		if !ok {
+			return Key{}, fmt.Errorf("unknown key spec %q", spec.Spec)
+		}
+		var err error
+		if priv, err = rsa.GenerateKey(rand.Reader, bits); err != nil {
+			return Key{}, err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	id := spec.ID
@@ -119,8 +147,13 @@ func (s *store) create(spec KeySpec) (Key, error) {
 	if _, dup := s.keys[id]; dup {
 		return Key{}, fmt.Errorf("key %s already exists", id)
 	}
-	k := &cmk{Key: Key{Cloud: spec.Cloud, ID: id, Region: spec.Region, Project: spec.Project, State: Enabled}, secret: make([]byte, 32)}
-	_, _ = rand.Read(k.secret)
+	k := &cmk{Key: Key{Cloud: spec.Cloud, ID: id, Region: spec.Region, Project: spec.Project, State: Enabled, Spec: spec.Spec}}
+	if priv != nil {
+		k.priv = priv
+	} else {
+		k.secret = make([]byte, 32)
+		_, _ = rand.Read(k.secret)
+	}
 	s.keys[id] = k
 	if spec.Alias != "" {
 		if err := s.aliasLocked(k, spec.Alias); err != nil {
@@ -208,8 +241,29 @@ func (s *store) resolve(c Cloud, region, project, ref string) (*cmk, error) {
 	return k, nil
 }
 
-// usable reports whether k can be used for cryptography now.
+// usable reports whether k can be used for symmetric cryptography now.
 func (s *store) usable(k *cmk) error {
+	if err := s.state(k); err != nil {
+		return err
+	}
+	if k.priv != nil {
+		return errUsage
+	}
+	return nil
+}
+
+// usableAsym reports whether k can be used for asymmetric decryption now.
+func (s *store) usableAsym(k *cmk) error {
+	if err := s.state(k); err != nil {
+		return err
+	}
+	if k.priv == nil {
+		return errUsage
+	}
+	return nil
+}
+
+func (s *store) state(k *cmk) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch k.State {
@@ -219,6 +273,37 @@ func (s *store) usable(k *cmk) error {
 		return errPending
 	}
 	return nil
+}
+
+// publicKey returns the DER SubjectPublicKeyInfo of the asymmetric key a
+// request names. The clouds hand out public keys of enabled keys only.
+func (s *store) publicKey(c Cloud, region, project, ref string) (*cmk, []byte, error) {
+	k, err := s.resolve(c, region, project, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.usableAsym(k); err != nil {
+		return k, nil, err
+	}
+	der, err := x509.MarshalPKIXPublicKey(&k.priv.PublicKey)
+	return k, der, err
+}
+
+// decryptOAEP opens ciphertext, RSAES-OAEP with SHA-256 (and MGF1 with
+// SHA-256, empty label), under the asymmetric key a request names.
+func (s *store) decryptOAEP(c Cloud, region, project, ref string, ciphertext []byte) (*cmk, []byte, error) {
+	k, err := s.resolve(c, region, project, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.usableAsym(k); err != nil {
+		return k, nil, err
+	}
+	pt, err := rsa.DecryptOAEP(sha256.New(), nil, k.priv, ciphertext, nil)
+	if err != nil {
+		return k, nil, errAuth
+	}
+	return k, pt, nil
 }
 
 // Wrapped blob layout (before the cloud's text encoding):
