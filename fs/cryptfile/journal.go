@@ -62,8 +62,8 @@ const (
 	// (docs/FORMAT.md, "Write journal"). A mount that can replays them.
 	ParkedJournalPrefix = JournalName + "."
 	journalSlots        = 8
-	journalHdr   = 4096 // the record page of a slot
-	journalBase  = header.Size
+	journalHdr          = 4096 // the record page of a slot
+	journalBase         = header.Size
 	// recordFixed is the fixed part of a record's plaintext.
 	recordFixed = 16 + 8 + 8 + 4 + 8 + 32 + 2
 	// maxRecord is the largest record plaintext that, sealed and framed,
@@ -382,7 +382,7 @@ func (j *Journal) park(dir *backing.Dir, flags int) (int, error) {
 	if err := unix.Renameat2(dir.Fd(), JournalName, dir.Fd(), name, unix.RENAME_NOREPLACE); err != nil {
 		return -1, fmt.Errorf("write journal: parking the records of a crashed mount as %s: %w", name, err)
 	}
-	if err := unix.Fsync(dir.Fd()); err != nil {
+	if err := syncRoot(dir); err != nil {
 		return -1, fmt.Errorf("write journal: parking: syncing %s: %w", dir.Path, err)
 	}
 	j.log.Printf("kmsfs: the write journal holds writes of an interrupted mount that this write-only mount cannot open; kept as %s for the next mount that can read the volume", name)
@@ -426,7 +426,7 @@ func replayParked(ctx context.Context, dir *backing.Dir, slotSize int64, keys Ke
 		done, err := p.replay(ctx, dir, keys)
 		if err == nil && done {
 			if err = unix.Unlinkat(dir.Fd(), name, 0); err == nil {
-				err = unix.Fsync(dir.Fd())
+				err = syncRoot(dir)
 			}
 			if err == nil {
 				logger.Printf("kmsfs: parked write journal %s replayed and removed", name)
@@ -437,6 +437,17 @@ func replayParked(ctx context.Context, dir *backing.Dir, slotSize int64, keys Ke
 		}
 		syscall.Close(fd)
 	}
+}
+
+// syncRoot syncs the root directory of dir (whose own descriptor is
+// O_PATH).
+func syncRoot(dir *backing.Dir) error {
+	fd, err := dir.Open(".", syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	return syscall.Fsync(fd)
 }
 
 // IsParkedJournal reports whether name (in the root of the backing

@@ -2,6 +2,7 @@ package cryptfile
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/sha256"
@@ -1106,4 +1107,87 @@ func TestJournalLock(t *testing.T) {
 		t.Fatalf("OpenJournal after Close = %v, want nil", err)
 	}
 	j2.Close()
+}
+
+// writeOnlyKeyer is the keyer of a write-only mount: it makes keys (under
+// its own secret) and loads none.
+type writeOnlyKeyer struct{ *fakeKeyer }
+
+func (writeOnlyKeyer) WriteOnly() bool { return true }
+
+func (writeOnlyKeyer) Load(context.Context, int, func() string) (Key, error) {
+	return nil, errors.New("write-only: only the public key is held here")
+}
+
+// TestJournalParked checks docs/FORMAT.md's parked journals: a write-only
+// mount that finds records it cannot open moves the journal aside instead
+// of clearing it, and starts a new one; the next mount that can load keys
+// replays the parked journal and removes it.
+func TestJournalParked(t *testing.T) {
+	dir := t.TempDir()
+	l := layout(4096)
+	B := int64(4096)
+	j := openTestJournal(t, dir, journalMaxData(l), nil)
+	e := newEnvIn(t, dir, "f", 4096, j)
+	h := e.open()
+	r := rand.New(rand.NewPCG(5, 6))
+	m := model(randBytes(r, 3*B))
+	if _, err := h.WriteAt(ctx, m, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	b := e.backing()
+	id := fileID(t, b)
+	c, err := e.keyer.cipher(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newBlock := randBytes(r, B)
+	ct := c.SealBlock(nil, newBlock, 1)
+	rec := record{fileID: id, ino: inode(t, e.path), coff: l.BlockCipherOff(1), length: len(ct), cut: -1, path: e.name}
+	writeSlot(t, dir, j, 2, rec, ct)
+	garbled := bytes.Clone(b)
+	copy(garbled[l.BlockCipherOff(1)+10:], randBytes(r, B/2))
+	if err := os.WriteFile(e.path, garbled, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	var logBuf bytes.Buffer
+	wo := writeOnlyKeyer{newFakeKeyer(t, l, 0x77)}
+	if _, err := openJournalErr(t, dir, journalMaxData(l), wo, true, log.New(&logBuf, "", 0)); err != nil {
+		t.Fatalf("write-only OpenJournal = %v", err)
+	}
+	parked, _ := filepath.Glob(filepath.Join(dir, ParkedJournalPrefix+"*"))
+	if len(parked) != 1 || !IsParkedJournal(filepath.Base(parked[0])) {
+		t.Fatalf("parked journals %v, want one", parked)
+	}
+	if !strings.Contains(logBuf.String(), "kept as "+filepath.Base(parked[0])) {
+		t.Errorf("log = %q, want it to say where the records were kept", logBuf.String())
+	}
+	if got, _ := os.ReadFile(e.path); !bytes.Equal(got, garbled) {
+		t.Error("the write-only mount changed the file")
+	}
+	if wo.news.Load() != 1 {
+		t.Errorf("the write-only mount made %d journal keys, want 1", wo.news.Load())
+	}
+
+	logBuf.Reset()
+	openTestJournal(t, dir, journalMaxData(l), log.New(&logBuf, "", 0))
+	if !strings.Contains(logBuf.String(), "completed an interrupted write to f") || !strings.Contains(logBuf.String(), "replayed and removed") {
+		t.Errorf("log = %q, want the parked write replayed", logBuf.String())
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ParkedJournalPrefix+"*")); len(left) != 0 {
+		t.Errorf("parked journals left after replay: %v", left)
+	}
+	m.write(newBlock, B)
+	e.check(e.open(), m)
+
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{{"kmsfs.journal.0123456789abcdef", true}, {"kmsfs.journal.0123456789ABCDEF", false}, {"kmsfs.journal.", false}, {"kmsfs.journal.0123456789abcdef0", false}, {"kmsfs.journal", false}} {
+		if IsParkedJournal(tc.name) != tc.ok {
+			t.Errorf("IsParkedJournal(%q) = %v", tc.name, !tc.ok)
+		}
+	}
 }

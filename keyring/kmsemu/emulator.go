@@ -53,7 +53,9 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -347,6 +349,25 @@ func (s *Server) SetKeyState(keyID string, st KeyState) error {
 		return fmt.Errorf("kmsemu: %s: %w", keyID, err)
 	}
 	return s.save()
+}
+
+// PublicKeyPEM returns the public key of an asymmetric key as PEM, as a
+// user would download it from the cloud's console.
+func (s *Server) PublicKeyPEM(keyID string) ([]byte, error) {
+	s.store.mu.Lock()
+	k := s.store.keys[keyID]
+	s.store.mu.Unlock()
+	if k == nil {
+		return nil, fmt.Errorf("kmsemu: %w", errNoKey)
+	}
+	if k.priv == nil {
+		return nil, fmt.Errorf("kmsemu: key %s: %w", keyID, errUsage)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&k.priv.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
 }
 
 // DisableKey disables a key.
