@@ -268,6 +268,13 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 		pending, left = nil, nil
 	}
 	c.journal(pending, left)
+	if ents, err := backing.List(bd.Fd(), "."); err == nil {
+		for _, name := range ents {
+			if cryptfile.IsParkedJournal(name) {
+				c.r.Notes = append(c.r.Notes, fmt.Sprintf("%s: the journal of an interrupted write-only mount, kept for a mount that can decrypt: the next read-write mount (or 'kmsfs fsck --repair') replays it; until then a block it covers may be reported damaged", name))
+			}
+		}
+	}
 	if p, _ := cryptfile.PendingReencrypt(bd); p {
 		c.r.Notes = append(c.r.Notes, "an interrupted re-encryption is pending (a kmsfs.reencrypt.* copy): its file may be reported damaged until a read-write mount or 'kmsfs fsck --repair' finishes it")
 	}

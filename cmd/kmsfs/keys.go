@@ -62,8 +62,8 @@ func runStats(args []string) int {
 		if calls > 0 {
 			avg = k.TotalMs / calls
 		}
-		fmt.Printf("%s: %d generate, %d unwrap, %d wrap, %d errors, avg %d ms, max %d ms\n",
-			keyring.RedactURI(k.URI), k.Generate, k.Unwrap, k.Wrap, k.Errors, avg, k.MaxMs)
+		fmt.Printf("%s: %d generate, %d unwrap, %d wrap, %d KMS calls, %d errors, avg %d ms, max %d ms\n",
+			keyring.RedactURI(k.URI), k.Generate, k.Unwrap, k.Wrap, k.KMSCalls, k.Errors, avg, k.MaxMs)
 		if k.LastError != "" {
 			fmt.Printf("    last error: %s\n", k.LastError)
 		}

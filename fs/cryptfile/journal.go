@@ -296,11 +296,11 @@ func OpenJournal(ctx context.Context, dir *backing.Dir, maxData int, keys Keyer,
 		syscall.Close(j.fd)
 		return nil, err
 	}
-	if !writable {
-		return j, nil
-	}
 	if !writeOnly(keys) {
 		replayParked(ctx, dir, slotSize, keys, logger)
+	}
+	if !writable {
+		return j, nil
 	}
 	j.keys = keys
 	j.lastTry = time.Now()

@@ -1,0 +1,203 @@
+package tests
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/keyring/kmsemu"
+)
+
+// otherMachine returns the volume v as another machine (or user) sees
+// it: the same backing directory, with a home (trust store), mount point
+// and log of its own. It is unmounted when the test ends.
+func otherMachine(t *testing.T, v *volume) *volume {
+	t.Helper()
+	dir := t.TempDir()
+	o := &volume{
+		t: t, dir: dir, cipherDir: v.cipherDir, keyPath: v.keyPath, keyURI: v.keyURI,
+		mnt: filepath.Join(dir, "mnt"), home: filepath.Join(dir, "home"),
+		logFile: filepath.Join(dir, "kmsfs.log"), raceDir: filepath.Join(dir, "race"),
+		blockSize: v.blockSize, bin: v.bin,
+	}
+	for _, d := range []string{o.mnt, o.home, o.raceDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mountPointsMu.Lock()
+	mountPoints[o.mnt] = true
+	mountPointsMu.Unlock()
+	t.Cleanup(o.cleanup)
+	return o
+}
+
+// TestWriteOnlyMount is the backup-host pattern of docs/KEYS.md: a
+// machine holding only the public key of a KMS key (no credential that
+// works) writes a tree through a write-only mount, making no KMS call;
+// it reads back what it created while the mount keeps the keys, and
+// nothing after a remount; a machine whose credentials may decrypt then
+// reads every byte; a disabled key stops it.
+func TestWriteOnlyMount(t *testing.T) {
+	e := startCloudEmulator(t)
+	k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := "tencent-kms+rsa://ap-guangzhou/" + k.ID + "?endpoint=" + e.s.URL()
+	pub, err := e.s.PublicKeyPEM(k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newVolume(t, notMounted())
+	if err := os.RemoveAll(w.cipherDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(w.cipherDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(w.keyPath)
+	pemPath := filepath.Join(w.dir, "backup-key.pem")
+	if err := os.WriteFile(pemPath, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The writing machine holds no credential that works: any call it
+	// made would be refused (and counted).
+	setCloudEnv(t, "wrong", "wrong", "wrong")
+	calls := func() int { return e.s.Count(kmsemu.Tencent, "", "") }
+	before := calls()
+	if r := w.kmsfs("init", "--write-only", "--key", uri, "--public-key", pemPath, w.cipherDir); r.code != exitOK || !strings.Contains(r.stdout, "write-only") {
+		t.Fatalf("%v\nwant exit 0 and a word on write-only", r)
+	}
+	w.mount()
+	bs := w.blockSize
+	want := map[string][]byte{
+		"a.txt":                               pattern("a", 100),
+		"dir/b.bin":                           pattern("b", 3*bs+17),
+		"dir/sub/empty":                       {},
+		"dir/sub/" + strings.Repeat("n", 200): pattern("long", 5000),
+	}
+	for _, d := range []string{"dir", "dir/sub"} {
+		if err := os.Mkdir(w.path(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, data := range want {
+		writeFile(t, w.path(name), data)
+	}
+	if err := os.Symlink("../a.txt", w.path("dir/link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(w.path("a.txt"), "user.note", []byte("kept by the backup host"), 0); err != nil {
+		t.Fatal(err)
+	}
+	// What this mount created stays readable and rewritable while it keeps
+	// the keys.
+	f, err := os.OpenFile(w.path("dir/b.bin"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("reopening a file this mount created: %v", err)
+	}
+	if _, err := f.WriteAt([]byte("PATCHED"), int64(bs)-3); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	copy(want["dir/b.bin"][bs-3:], "PATCHED")
+	af, err := os.OpenFile(w.path("a.txt"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	af.Write([]byte("+appended"))
+	af.Close()
+	want["a.txt"] = append(want["a.txt"], "+appended"...)
+	if err := os.Rename(w.path("dir/sub/empty"), w.path("dir/sub/renamed")); err != nil {
+		t.Fatal(err)
+	}
+	want["dir/sub/renamed"] = want["dir/sub/empty"]
+	delete(want, "dir/sub/empty")
+	for name, data := range want {
+		checkContent(t, w.path(name), data, bs)
+	}
+	checkWriterMadeNoCalls := func(when string) {
+		t.Helper()
+		for _, ks := range w.stats(t).Keys {
+			if ks.KMSCalls != 0 {
+				t.Errorf("%s: kmsfs stats: %d KMS calls for %s, want 0", when, ks.KMSCalls, ks.URI)
+			}
+		}
+		if n := calls() - before; n != 0 {
+			t.Errorf("%s: the emulator got %d requests from the write-only machine, want 0", when, n)
+		}
+	}
+	checkWriterMadeNoCalls("after writing")
+
+	// After a remount the writer holds no file's key: it cannot read.
+	w.remount()
+	if _, err := os.ReadFile(w.path("a.txt")); errnoOf(err) != syscall.EACCES {
+		t.Errorf("write-only mount reading an existing file: error = %v, want EACCES", err)
+	}
+	if _, err := os.OpenFile(w.path("dir/b.bin"), os.O_WRONLY, 0); errnoOf(err) != syscall.EACCES {
+		t.Errorf("write-only mount opening an existing file for writing: error = %v, want EACCES", err)
+	}
+	if lg := w.log(); !strings.Contains(lg, "write-only") || !strings.Contains(lg, "a.txt") {
+		t.Errorf("daemon log does not say the read was refused as write-only, naming the file:\n%s", lg)
+	}
+	ents, err := os.ReadDir(w.path("dir"))
+	if err != nil || len(ents) != 3 {
+		t.Errorf("listing dir on the write-only mount: %d entries, %v; want 3", len(ents), err)
+	}
+	want["dir/after-remount"] = pattern("after", 999)
+	writeFile(t, w.path("dir/after-remount"), want["dir/after-remount"])
+	checkContent(t, w.path("dir/after-remount"), want["dir/after-remount"], bs)
+	checkWriterMadeNoCalls("after the remount")
+	w.unmount()
+	if lg := w.log(); strings.Contains(lg, "PATCHED") || strings.Contains(lg, "kept by the backup host") {
+		t.Errorf("the daemon log holds file content:\n%s", lg)
+	}
+
+	// The reading machine: credentials that may decrypt with the key.
+	setCloudEnv(t, cloudAliSecret, cloudTcSecret, cloudHwSK)
+	rd := otherMachine(t, w)
+	if r := rd.kmsfs("trust", "--yes", rd.cipherDir); r.code != exitOK {
+		t.Fatalf("%v\nwant exit 0", r)
+	}
+	rd.mountArgs = append(rd.mountArgs, "--key-cache-ttl", "0")
+	rd.mount()
+	unread := "dir/sub/" + strings.Repeat("n", 200)
+	for name, data := range want {
+		if name != unread {
+			checkContent(t, rd.path(name), data, bs)
+		}
+	}
+	if tgt, err := os.Readlink(rd.path("dir/link")); err != nil || tgt != "../a.txt" {
+		t.Errorf("symlink on the reading mount: %q, %v", tgt, err)
+	}
+	buf := make([]byte, 100)
+	if n, err := unix.Getxattr(rd.path("a.txt"), "user.note", buf); err != nil || !bytes.Equal(buf[:n], []byte("kept by the backup host")) {
+		t.Errorf("xattr on the reading mount: %q, %v", buf[:max(n, 0)], err)
+	}
+	if n := e.s.Count(kmsemu.Tencent, "AsymmetricRsaDecrypt", "ok"); n == 0 {
+		t.Error("the reading mount read without the key service decrypting")
+	}
+	// A file the reading mount writes is readable by it as well.
+	writeFile(t, rd.path("from-reader"), pattern("r", 3000))
+	checkContent(t, rd.path("from-reader"), pattern("r", 3000), bs)
+
+	// The key disabled in the KMS: decryption is refused, files open with
+	// EACCES.
+	if err := e.s.DisableKey(k.ID); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.s.EnableKey(k.ID) })
+	if _, err := os.ReadFile(rd.path(unread)); errnoOf(err) != syscall.EACCES {
+		t.Errorf("reading with the key disabled: error = %v, want EACCES", err)
+	}
+	if err := e.s.EnableKey(k.ID); err != nil {
+		t.Fatal(err)
+	}
+	checkContent(t, rd.path(unread), want[unread], bs)
+}
