@@ -17,6 +17,20 @@
 //
 // The wrapped key kmsfs stores is the cipher_text hex text exactly as KMS
 // returned it.
+//
+// # Asymmetric keys
+//
+// Register also adds the scheme huawei-kms+rsa (see package
+// keyring/pubkey), for keys of key_spec RSA_2048, RSA_3072 or RSA_4096
+// and key_usage ENCRYPT_DECRYPT: huawei-kms+rsa://REGION/KEYID with the
+// same project and endpoint parameters and credential chain. Data keys
+// are made locally and wrapped under the key's public key (get-publickey,
+// fetched once unless the volume records it) with RSAES-OAEP SHA-256, and
+// unwrapped with decrypt-data (encryption_algorithm RSAES_OAEP_SHA_256,
+// cipher_text the base64 of the RSA ciphertext, the plaintext read from
+// plain_text_base64): KMS is called only to read existing files. A
+// symmetric key named with +rsa is keyring.ErrNotAsymmetric; an RSA key
+// named with the plain scheme is keyring.ErrBadURI.
 package huawei
 
 import (
@@ -43,6 +57,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/cloud"
+	"github.com/kmsfs/kmsfs/keyring/pubkey"
 )
 
 // Scheme is the URI scheme of this provider.
@@ -52,10 +67,18 @@ const Scheme = "huawei-kms"
 // in flight per keyring.
 const poolSize = 8
 
-// Register adds the Huawei Cloud KMS provider to reg under Scheme.
+// Register adds the Huawei Cloud KMS provider to reg under Scheme, and its
+// asymmetric keys under Scheme+"+rsa" (pubkey.Register).
 func Register(reg *keyring.Registry) {
 	reg.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
 		return Open(ctx, u)
+	})
+	pubkey.Register(reg, Scheme, func(ctx context.Context, u *url.URL) (keyring.AsymmetricKey, error) {
+		a, err := OpenAsymmetric(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		return a, nil
 	})
 }
 
@@ -300,15 +323,24 @@ func (k *Keyring) mapErr(op string, err error) error {
 // classify maps a Huawei Cloud error code and status to a keyring
 // sentinel.
 func classify(op, code, msg string, status int) (error, string) {
+	asym := op == opGetPublicKey || op == opDecryptData
 	switch {
 	case code == "KMS.0207" || code == "KMS.0205":
 		return keyring.ErrKeyNotFound, "check the key ID, the region and the project"
 	case code == "KMS.0209" || code == "KMS.0210":
 		return keyring.ErrKeyDisabled, "enable the key (or cancel its deletion) in KMS"
+	case (code == "KMS.0306" || code == "KMS.0307") && asym:
+		return keyring.ErrAccessDenied, "grant kms:cmk:getPublicKey and kms:cmk:decryptData on the key to this IAM user or agency"
 	case code == "KMS.0306" || code == "KMS.0307":
 		return keyring.ErrAccessDenied, "grant kms:dek:create and kms:dek:crypto on the key to this IAM user or agency"
-	case op == "decrypt-datakey" && (code == "KMS.2201" || code == "KMS.2202" || code == "KMS.2203" || code == "KMS.0208"):
+	case (op == "decrypt-datakey" || op == opDecryptData) && (code == "KMS.2201" || code == "KMS.2202" || code == "KMS.2203" || code == "KMS.0208"):
 		return keyring.ErrUnwrap, cloud.HintUnwrap
+	case code == "KMS.0308" && asym:
+		// "Invalid XXX": the only parameters sent are the key ID and,
+		// for decrypt-data, the algorithm, which every RSA key takes.
+		return keyring.ErrNotAsymmetric, "the key is not an RSA ENCRYPT_DECRYPT key; name a symmetric key " + Scheme + "://REGION/KEYID?project=PROJECT_ID"
+	case code == "KMS.0308" && strings.Contains(msg, "key_id"):
+		return keyring.ErrBadURI, "the key is not a symmetric key; name an RSA ENCRYPT_DECRYPT key " + Scheme + pubkey.Suffix + "://REGION/KEYID?project=PROJECT_ID"
 	case status == http.StatusTooManyRequests || code == "APIGW.0308":
 		return keyring.ErrThrottled, ""
 	case status >= 500 || code == "KMS.0101" || code == "KMS.0102":

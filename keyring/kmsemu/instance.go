@@ -33,12 +33,21 @@ import (
 // Alibaba Cloud KMS instance (dedicated KMS, "dkms-gcs"), API version
 // dkms-gcs-0.2, as github.com/aliyun/alibabacloud-dkms-gcs-go-sdk sends
 // it: POST / with a protobuf body, RSA-signed headers.
+//
+// Symmetric keys serve GenerateDataKey, Encrypt, Decrypt and their
+// Advance forms (AES_GCM). RSA keys (KeySpec.Spec) serve GetPublicKey
+// (the SubjectPublicKeyInfo as a PEM "PUBLIC KEY") and Decrypt with
+// Algorithm RSAES_OAEP_SHA_256 (the CiphertextBlob is the raw RSA
+// ciphertext); the instance's other asymmetric algorithms are refused
+// with InvalidParameter, and a key used against its kind with
+// UnsupportedOperation.
 
 const (
 	instAPIVersion   = "dkms-gcs-0.2"
 	instSigMethod    = "RSA_PKCS1_SHA_256"
 	instContentType  = "application/x-protobuf"
 	instAlgorithm    = "AES_GCM"
+	instOAEP         = "RSAES_OAEP_SHA_256"
 	instMaxBody      = 1 << 20
 	instMaxPlaintext = 6 * 1024
 )
@@ -246,7 +255,7 @@ func (s *Server) instance(r *http.Request, action, reqID string) (proto.Message,
 		return nil, ierr
 	}
 	switch action {
-	case "GenerateDataKey", "AdvanceGenerateDataKey", "Encrypt", "AdvanceEncrypt", "Decrypt", "AdvanceDecrypt":
+	case "GenerateDataKey", "AdvanceGenerateDataKey", "Encrypt", "AdvanceEncrypt", "Decrypt", "AdvanceDecrypt", "GetPublicKey":
 	default:
 		return nil, instErr(http.StatusBadRequest, "InvalidApiName", fmt.Sprintf("The x-kms-apiname %q is not an operation the emulator serves.", action))
 	}
@@ -297,10 +306,27 @@ func (s *Server) instance(r *http.Request, action, reqID string) (proto.Message,
 			return nil, err
 		}
 		return &api.AdvanceEncryptResponse{KeyId: k.ID, CiphertextBlob: blob, Iv: blobNonce(blob), RequestId: reqID, Algorithm: instAlgorithm, PaddingMode: req.PaddingMode, KeyVersionId: k.ID}, nil
+	case "GetPublicKey":
+		var req api.GetPublicKeyRequest
+		if err := instParse(body, &req); err != nil {
+			return nil, err
+		}
+		k, der, err := s.instPublicKey(req.KeyId)
+		if err != nil {
+			return nil, err
+		}
+		return &api.GetPublicKeyResponse{KeyId: k.ID, PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), RequestId: reqID}, nil
 	case "Decrypt":
 		var req api.DecryptRequest
 		if err := instParse(body, &req); err != nil {
 			return nil, err
+		}
+		if instAsymmetric(req.Algorithm) {
+			k, pt, err := s.instDecryptOAEP(req.KeyId, req.Algorithm, req.CiphertextBlob, req.Aad, req.Iv)
+			if err != nil {
+				return nil, err
+			}
+			return &api.DecryptResponse{KeyId: k.ID, Plaintext: pt, RequestId: reqID, Algorithm: req.Algorithm}, nil
 		}
 		k, pt, err := s.instDecrypt(req.KeyId, req.Algorithm, req.CiphertextBlob, req.Aad, req.Iv)
 		if err != nil {
@@ -339,16 +365,13 @@ func instCheckAlgorithm(alg string) *instError {
 }
 
 // instKey resolves the key a request names (ID or alias, in any instance)
-// and checks that it is usable.
+// and checks that it is usable for symmetric cryptography.
 func (s *Server) instKey(ref string) (*cmk, *instError) {
-	if ref == "" {
-		return nil, instInvalid("The KeyId is missing.")
+	k, ierr := s.instResolve(ref)
+	if ierr != nil {
+		return nil, ierr
 	}
-	k, err := s.store.resolveAnyRegion(AlibabaInstance, ref)
-	if err == nil {
-		err = s.store.usable(k)
-	}
-	if err != nil {
+	if err := s.store.usable(k); err != nil {
 		return nil, instStoreErr(err)
 	}
 	return k, nil
@@ -417,6 +440,66 @@ func (s *Server) instDecrypt(ref, alg string, blob, aad, iv []byte) (*cmk, []byt
 	return k, pt, nil
 }
 
+// instAsymmetric reports whether alg names one of the instance's
+// asymmetric encryption algorithms (RSAES_OAEP_SHA_256, RSAES_OAEP_SHA_1,
+// SM2PKE): a Decrypt with one of them is an asymmetric decryption.
+func instAsymmetric(alg string) bool {
+	return strings.HasPrefix(alg, "RSAES_") || alg == "SM2PKE"
+}
+
+// instResolve resolves the key a request names (ID or alias, in any
+// instance) without checking its state or kind.
+func (s *Server) instResolve(ref string) (*cmk, *instError) {
+	if ref == "" {
+		return nil, instInvalid("The KeyId is missing.")
+	}
+	k, err := s.store.resolveAnyRegion(AlibabaInstance, ref)
+	if err != nil {
+		return nil, instStoreErr(err)
+	}
+	return k, nil
+}
+
+// instPublicKey returns the DER SubjectPublicKeyInfo of the RSA key ref
+// names.
+func (s *Server) instPublicKey(ref string) (*cmk, []byte, *instError) {
+	k, ierr := s.instResolve(ref)
+	if ierr != nil {
+		return nil, nil, ierr
+	}
+	k, der, err := s.store.publicKey(AlibabaInstance, "", "", k.ID)
+	if err != nil {
+		return nil, nil, instStoreErr(err)
+	}
+	return k, der, nil
+}
+
+// instDecryptOAEP decrypts blob, an RSAES-OAEP (SHA-256) ciphertext, with
+// the RSA key ref names.
+func (s *Server) instDecryptOAEP(ref, alg string, blob, aad, iv []byte) (*cmk, []byte, *instError) {
+	if alg != instOAEP {
+		return nil, nil, instInvalid("The Algorithm %q is not supported by the emulator for asymmetric keys; it does %s only.", alg, instOAEP)
+	}
+	if len(aad) != 0 || len(iv) != 0 {
+		return nil, nil, instInvalid("The Aad and Iv are for symmetric keys; %s takes neither.", instOAEP)
+	}
+	if len(blob) == 0 {
+		return nil, nil, instInvalid("The CiphertextBlob is missing.")
+	}
+	k, ierr := s.instResolve(ref)
+	if ierr != nil {
+		return nil, nil, ierr
+	}
+	k, pt, err := s.store.decryptOAEP(AlibabaInstance, "", "", k.ID, blob)
+	switch {
+	case err == errAuth:
+		return nil, nil, instInvalid("The CiphertextBlob is invalid: it does not decrypt with key %s and %s.", k.ID, instOAEP)
+	case err != nil:
+		return nil, nil, instStoreErr(err)
+	}
+	return k, pt, nil
+}
+
 func instStoreErr(err error) *instError {
 	switch err {
 	case errNoKey:
@@ -429,6 +512,8 @@ func instStoreErr(err error) *instError {
 		return instErr(http.StatusBadRequest, "Rejected.PendingDeletion", "The request was rejected because the key state is PendingDeletion.")
 	case errAuth:
 		return instInvalid("The CiphertextBlob is invalid: the ciphertext does not authenticate (other Aad, altered, or another key's).")
+	case errUsage:
+		return instErr(http.StatusBadRequest, "UnsupportedOperation", "Rejected.UnsupportedOperation: the operation does not suit the key's spec and usage (a symmetric key used as an asymmetric one, or the reverse).")
 	default:
 		return instInvalid("The CiphertextBlob is invalid: %v.", err)
 	}

@@ -571,6 +571,10 @@ func TestInstanceCredentials(t *testing.T) {
 		if _, err := pemClient(t, s, "KAAP.admin", rsaKey(2)).generate("key-admin", nil); err != nil {
 			t.Fatalf("call by a client key added through the admin API: %v", err)
 		}
+		post("keys", map[string]string{"cloud": "alibaba-instance", "region": "kst-admin", "id": "key-admin-rsa", "spec": "RSA_4096"})
+		if _, pub, err := pemClient(t, s, "KAAP.admin", rsaKey(2)).getPublicKey(t, "key-admin-rsa"); err != nil || pub.N.BitLen() != 4096 {
+			t.Fatalf("GetPublicKey of an RSA_4096 key made through the admin API: %v", err)
+		}
 	})
 }
 
@@ -591,6 +595,15 @@ func TestInstanceStateFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rsaK, err := s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: instID, Spec: "RSA_2048"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pub, err := pemClient(t, s, instClientKeyID, rsaKey(0)).getPublicKey(t, rsaK.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := encryptOAEP(t, pub, []byte("kept"))
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -603,9 +616,48 @@ func TestInstanceStateFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s2.Close() })
-	d, err := pemClient(t, s2, instClientKeyID, rsaKey(0)).decrypt(g.CiphertextBlob, nil)
+	c2 := pemClient(t, s2, instClientKeyID, rsaKey(0))
+	d, err := c2.decrypt(g.CiphertextBlob, nil)
 	if err != nil || !bytes.Equal(d.Plaintext, g.Plaintext) {
 		t.Fatalf("AdvanceDecrypt after a restart = %v, %v, want the data key", d, err)
+	}
+	if _, pub2, err := c2.getPublicKey(t, rsaK.ID); err != nil || !pub2.Equal(pub) {
+		t.Fatalf("GetPublicKey after a restart = %v, want the same public key", err)
+	}
+	if d, err := c2.decryptOAEP(rsaK.ID, "RSAES_OAEP_SHA_256", ct); err != nil || string(d.Plaintext) != "kept" {
+		t.Fatalf("Decrypt after a restart = %v, %v, want the message", d, err)
+	}
+
+	// The public key handed out is the state file's private key's.
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Keys []struct {
+			ID      string `json:"id"`
+			Private []byte `json:"private"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, k := range st.Keys {
+		if k.ID != rsaK.ID {
+			continue
+		}
+		found = true
+		priv, err := x509.ParsePKCS8PrivateKey(k.Private)
+		if err != nil {
+			t.Fatalf("state file: key %s: %v", k.ID, err)
+		}
+		if rk, ok := priv.(*rsa.PrivateKey); !ok || !rk.PublicKey.Equal(pub) {
+			t.Errorf("state file: key %s's private key does not match the public key GetPublicKey gave", k.ID)
+		}
+	}
+	if !found {
+		t.Errorf("state file holds no key %s", rsaK.ID)
 	}
 }
 
@@ -638,5 +690,270 @@ func TestInstanceTLSConfig(t *testing.T) {
 		if d := time.Until(leaf.NotAfter); d < 9*365*24*time.Hour {
 			t.Errorf("server certificate expires in %v, want about 10 years", d)
 		}
+	}
+}
+
+// getPublicKey calls GetPublicKey and parses the PEM it returns.
+func (c instClient) getPublicKey(t testing.TB, keyID string) (*dedicatedkmssdk.GetPublicKeyResponse, *rsa.PublicKey, error) {
+	t.Helper()
+	r, err := c.GetPublicKeyWithOptions(&dedicatedkmssdk.GetPublicKeyRequest{KeyId: tea.String(keyID)}, c.rt)
+	if err != nil {
+		return nil, nil, err
+	}
+	block, rest := pem.Decode([]byte(tea.StringValue(r.PublicKey)))
+	if block == nil || block.Type != "PUBLIC KEY" || len(bytes.TrimSpace(rest)) != 0 {
+		t.Fatalf("GetPublicKey(%s).PublicKey = %q, want one PEM PUBLIC KEY", keyID, tea.StringValue(r.PublicKey))
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatalf("GetPublicKey(%s): %v", keyID, err)
+	}
+	rk, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		t.Fatalf("GetPublicKey(%s) is a %T, want RSA", keyID, pub)
+	}
+	return r, rk, nil
+}
+
+// decryptOAEP calls the asymmetric Decrypt.
+func (c instClient) decryptOAEP(keyID, alg string, blob []byte) (*dedicatedkmssdk.DecryptResponse, error) {
+	return c.DecryptWithOptions(&dedicatedkmssdk.DecryptRequest{KeyId: tea.String(keyID), CiphertextBlob: blob, Algorithm: tea.String(alg)}, c.rt)
+}
+
+func encryptOAEP(t testing.TB, pub *rsa.PublicKey, msg []byte) []byte {
+	t.Helper()
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, msg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ct
+}
+
+func TestInstanceAsymmetric(t *testing.T) {
+	s, sym := startInstance(t)
+	c := pemClient(t, s, instClientKeyID, rsaKey(0))
+	key := kmsemutest.CreateKey(t, s, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: instID, Spec: "RSA_3072", Alias: "alias/rsa"})
+	other := kmsemutest.CreateKey(t, s, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: instID, Spec: "RSA_2048"})
+
+	r, pub, err := c.getPublicKey(t, key.ID)
+	if err != nil {
+		t.Fatalf("GetPublicKey() error = %v", err)
+	}
+	if tea.StringValue(r.KeyId) != key.ID || tea.StringValue(r.RequestId) == "" || pub.N.BitLen() != 3072 {
+		t.Fatalf("GetPublicKey() = %v, want a 3072-bit key %s and a RequestId", r, key.ID)
+	}
+	r, byAlias, err := c.getPublicKey(t, "alias/rsa")
+	if err != nil || tea.StringValue(r.KeyId) != key.ID || !byAlias.Equal(pub) {
+		t.Fatalf("GetPublicKey(alias/rsa) = %v, %v, want key %s's", r, err, key.ID)
+	}
+	_, otherPub, err := c.getPublicKey(t, other.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	msg := []byte("a data key and its context digest")
+	ct := encryptOAEP(t, pub, msg)
+	for _, ref := range []string{key.ID, "alias/rsa"} {
+		d, err := c.decryptOAEP(ref, "RSAES_OAEP_SHA_256", ct)
+		if err != nil {
+			t.Fatalf("Decrypt(%s) error = %v", ref, err)
+		}
+		if !bytes.Equal(d.Plaintext, msg) || tea.StringValue(d.KeyId) != key.ID || tea.StringValue(d.Algorithm) != "RSAES_OAEP_SHA_256" || tea.StringValue(d.RequestId) == "" {
+			t.Fatalf("Decrypt(%s) = %v, want the message under %s", ref, d, key.ID)
+		}
+	}
+	if n := s.Count(kmsemu.AlibabaInstance, "Decrypt", "ok"); n != 2 {
+		t.Errorf("Count(Decrypt, ok) = %d, want 2", n)
+	}
+
+	altered := bytes.Clone(ct)
+	altered[len(altered)/2] ^= 1
+	gen, err := c.generate(sym.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		call   func() error
+		code   string
+		status int
+	}{
+		{"Decrypt with RSAES_OAEP_SHA_1", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_1", ct); return err }, "InvalidParameter", 400},
+		{"Decrypt with RSAES_PKCS1_V1_5", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_PKCS1_V1_5", ct); return err }, "InvalidParameter", 400},
+		{"Decrypt with SM2PKE", func() error { _, err := c.decryptOAEP(key.ID, "SM2PKE", ct); return err }, "InvalidParameter", 400},
+		{"Decrypt of an altered ciphertext", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", altered); return err }, "InvalidParameter", 400},
+		{"Decrypt with another RSA key", func() error { _, err := c.decryptOAEP(other.ID, "RSAES_OAEP_SHA_256", ct); return err }, "InvalidParameter", 400},
+		{"Decrypt of a short ciphertext", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", ct[:10]); return err }, "InvalidParameter", 400},
+		{"Decrypt of another key's ciphertext", func() error {
+			_, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", encryptOAEP(t, otherPub, msg))
+			return err
+		}, "InvalidParameter", 400},
+		{"Decrypt without a ciphertext", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", nil); return err }, "InvalidParameter", 400},
+		{"Decrypt without a KeyId", func() error { _, err := c.decryptOAEP("", "RSAES_OAEP_SHA_256", ct); return err }, "InvalidParameter", 400},
+		{"Decrypt with an Aad", func() error {
+			_, err := c.DecryptWithOptions(&dedicatedkmssdk.DecryptRequest{KeyId: tea.String(key.ID), CiphertextBlob: ct, Algorithm: tea.String("RSAES_OAEP_SHA_256"), Aad: []byte("x")}, c.rt)
+			return err
+		}, "InvalidParameter", 400},
+		{"Decrypt under an unknown key", func() error { _, err := c.decryptOAEP("no-such-key", "RSAES_OAEP_SHA_256", ct); return err }, "Forbidden.KeyNotFound", 404},
+		{"Decrypt under an unknown alias", func() error { _, err := c.decryptOAEP("alias/nope", "RSAES_OAEP_SHA_256", ct); return err }, "Forbidden.AliasNotFound", 404},
+		{"GetPublicKey of an unknown key", func() error { _, _, err := c.getPublicKey(t, "no-such-key"); return err }, "Forbidden.KeyNotFound", 404},
+		{"GetPublicKey without a KeyId", func() error { _, _, err := c.getPublicKey(t, ""); return err }, "InvalidParameter", 400},
+		{"GetPublicKey of a symmetric key", func() error { _, _, err := c.getPublicKey(t, sym.ID); return err }, "UnsupportedOperation", 400},
+		{"RSA Decrypt under a symmetric key", func() error { _, err := c.decryptOAEP(sym.ID, "RSAES_OAEP_SHA_256", ct); return err }, "UnsupportedOperation", 400},
+		{"AES_GCM Decrypt naming an RSA key", func() error {
+			_, err := c.DecryptWithOptions(&dedicatedkmssdk.DecryptRequest{KeyId: tea.String(key.ID), CiphertextBlob: gen.CiphertextBlob, Algorithm: tea.String("AES_GCM")}, c.rt)
+			return err
+		}, "UnsupportedOperation", 400},
+		{"AdvanceGenerateDataKey under an RSA key", func() error { _, err := c.generate(key.ID, nil); return err }, "UnsupportedOperation", 400},
+		{"AdvanceEncrypt under an RSA key", func() error {
+			_, err := c.AdvanceEncryptWithOptions(&dedicatedkmssdk.AdvanceEncryptRequest{KeyId: tea.String(key.ID), Plaintext: []byte("x")}, c.rt)
+			return err
+		}, "UnsupportedOperation", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantSDKErr(t, tc.name, tc.call(), tc.code, tc.status)
+		})
+	}
+
+	t.Run("key states", func(t *testing.T) {
+		for _, st := range []struct {
+			set  func(string) error
+			code string
+		}{{s.DisableKey, "Rejected.Disabled"}, {s.ScheduleKeyDeletion, "Rejected.PendingDeletion"}} {
+			if err := st.set(key.ID); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err := c.getPublicKey(t, key.ID)
+			wantSDKErr(t, "GetPublicKey of a key not enabled", err, st.code, 400)
+			_, err = c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", ct)
+			wantSDKErr(t, "Decrypt under a key not enabled", err, st.code, 400)
+		}
+		if err := s.EnableKey(key.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", ct); err != nil {
+			t.Fatalf("Decrypt after enabling the key again: %v", err)
+		}
+	})
+
+	t.Run("authentication", func(t *testing.T) {
+		okBefore := s.Count(kmsemu.AlibabaInstance, "", "ok")
+		impostor := pemClient(t, s, instClientKeyID, rsaKey(1))
+		_, _, err := impostor.getPublicKey(t, key.ID)
+		wantSDKErr(t, "GetPublicKey signed with another RSA key", err, "Unauthorized", 401)
+		_, err = impostor.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", ct)
+		wantSDKErr(t, "Decrypt signed with another RSA key", err, "Unauthorized", 401)
+		s2 := kmsemutest.StartTLS(t, instCred(t, instClientKeyID, rsaKey(0)), kmsemu.Credential{Cloud: kmsemu.AlibabaInstance, ID: "KAAP.denied", PublicKey: publicPEM(t, rsaKey(2)), Denied: true})
+		k2 := kmsemutest.CreateKey(t, s2, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: instID, Spec: "RSA_2048"})
+		denied := pemClient(t, s2, "KAAP.denied", rsaKey(2))
+		_, _, err = denied.getPublicKey(t, k2.ID)
+		wantSDKErr(t, "GetPublicKey by a denied client key", err, "Forbidden.NoPermission", 403)
+		_, err = denied.decryptOAEP(k2.ID, "RSAES_OAEP_SHA_256", ct)
+		wantSDKErr(t, "Decrypt by a denied client key", err, "Forbidden.NoPermission", 403)
+		if n := s.Count(kmsemu.AlibabaInstance, "", "ok"); n != okBefore {
+			t.Errorf("refused requests made %d key operations", n-okBefore)
+		}
+	})
+}
+
+// TestInstanceAsymmetricHandBuilt sends GetPublicKey and Decrypt requests
+// built from the protocol: the signature is checked as for the other
+// actions, and the bodies are the SDK's protobuf messages.
+func TestInstanceAsymmetricHandBuilt(t *testing.T) {
+	s, _ := startInstance(t)
+	key := kmsemutest.CreateKey(t, s, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: instID, Spec: "RSA_2048"})
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.CACertPEM())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	t.Cleanup(hc.CloseIdleConnections)
+
+	// send posts m as apiName, signed with k (not signed if k is nil).
+	send := func(t *testing.T, apiName string, m proto.Message, k *rsa.PrivateKey) (int, []byte) {
+		t.Helper()
+		body, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := http.NewRequest(http.MethodPost, "https://"+s.TLSAddr()+"/", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(body)
+		for h, v := range map[string]string{
+			"accept": "application/x-protobuf", "content-type": "application/x-protobuf",
+			"date": time.Now().UTC().Format(http.TimeFormat), "x-kms-apiversion": "dkms-gcs-0.2",
+			"x-kms-apiname": apiName, "x-kms-signaturemethod": "RSA_PKCS1_SHA_256",
+			"x-kms-acccesskeyid": instClientKeyID, "content-sha256": strings.ToUpper(hex.EncodeToString(sum[:])),
+		} {
+			r.Header.Set(h, v)
+		}
+		if k != nil {
+			instSign(r, k)
+		}
+		resp, err := hc.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, b
+	}
+
+	status, b := send(t, "GetPublicKey", &api.GetPublicKeyRequest{KeyId: key.ID}, rsaKey(0))
+	var pk api.GetPublicKeyResponse
+	if err := proto.Unmarshal(b, &pk); status != 200 || err != nil || pk.KeyId != key.ID || pk.RequestId == "" {
+		t.Fatalf("GetPublicKey = HTTP %d %v (%v), want key %s", status, &pk, err, key.ID)
+	}
+	block, _ := pem.Decode([]byte(pk.PublicKey))
+	if block == nil {
+		t.Fatalf("GetPublicKey PublicKey %q is not PEM", pk.PublicKey)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("wrapped")
+	ct := encryptOAEP(t, pub.(*rsa.PublicKey), msg)
+	status, b = send(t, "Decrypt", &api.DecryptRequest{KeyId: key.ID, CiphertextBlob: ct, Algorithm: "RSAES_OAEP_SHA_256"}, rsaKey(0))
+	var d api.DecryptResponse
+	if err := proto.Unmarshal(b, &d); status != 200 || err != nil || !bytes.Equal(d.Plaintext, msg) || d.KeyId != key.ID || d.Algorithm != "RSAES_OAEP_SHA_256" {
+		t.Fatalf("Decrypt = HTTP %d %v (%v), want the message under %s", status, &d, err, key.ID)
+	}
+
+	okBefore := s.Count(kmsemu.AlibabaInstance, "", "ok")
+	for _, tc := range []struct {
+		name    string
+		apiName string
+		m       proto.Message
+		k       *rsa.PrivateKey
+		status  int
+		code    string
+	}{
+		{"unsigned GetPublicKey", "GetPublicKey", &api.GetPublicKeyRequest{KeyId: key.ID}, nil, 400, "InvalidParam"},
+		{"unsigned Decrypt", "Decrypt", &api.DecryptRequest{KeyId: key.ID, CiphertextBlob: ct, Algorithm: "RSAES_OAEP_SHA_256"}, nil, 400, "InvalidParam"},
+		{"GetPublicKey signed with another key", "GetPublicKey", &api.GetPublicKeyRequest{KeyId: key.ID}, rsaKey(1), 401, "Unauthorized"},
+		{"Decrypt signed with another key", "Decrypt", &api.DecryptRequest{KeyId: key.ID, CiphertextBlob: ct, Algorithm: "RSAES_OAEP_SHA_256"}, rsaKey(1), 401, "Unauthorized"},
+		{"Decrypt with an unsupported algorithm", "Decrypt", &api.DecryptRequest{KeyId: key.ID, CiphertextBlob: ct, Algorithm: "RSAES_OAEP_SHA_1"}, rsaKey(0), 400, "InvalidParameter"},
+		{"Decrypt with an Iv", "Decrypt", &api.DecryptRequest{KeyId: key.ID, CiphertextBlob: ct, Algorithm: "RSAES_OAEP_SHA_256", Iv: []byte("0123456789ab")}, rsaKey(0), 400, "InvalidParameter"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, b := send(t, tc.apiName, tc.m, tc.k)
+			var e api.Error
+			if err := proto.Unmarshal(b, &e); err != nil {
+				t.Fatalf("HTTP %d body %q is not an api.Error: %v", status, b, err)
+			}
+			if status != tc.status || e.ErrorCode != tc.code || int(e.StatusCode) != status || e.ErrorMessage == "" || e.RequestId == "" {
+				t.Fatalf("answer = HTTP %d %v, want HTTP %d %s", status, &e, tc.status, tc.code)
+			}
+			if strings.Contains(e.ErrorMessage, string(msg)) {
+				t.Errorf("error message %q shows the plaintext", e.ErrorMessage)
+			}
+		})
+	}
+	if n := s.Count(kmsemu.AlibabaInstance, "", "ok"); n != okBefore {
+		t.Errorf("refused requests made %d key operations", n-okBefore)
 	}
 }

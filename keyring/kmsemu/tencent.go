@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"net/http"
 	"strconv"
@@ -16,6 +17,24 @@ import (
 )
 
 // Tencent Cloud KMS, API version 2019-01-18, TC3-HMAC-SHA256.
+//
+// Actions: GenerateDataKey, Encrypt, Decrypt (symmetric keys) and
+// GetPublicKey, AsymmetricRsaDecrypt (asymmetric keys, KeySpec.Spec one of
+// RSASpecs). GetPublicKey answers KeyId, PublicKey (base64 of the DER
+// SubjectPublicKeyInfo) and PublicKeyPem. AsymmetricRsaDecrypt takes
+// KeyId, Ciphertext (base64) and Algorithm; it decrypts
+// RSAES_OAEP_SHA_256 only: the service's other algorithms
+// (RSAES_PKCS1_V1_5, RSAES_OAEP_SHA_1) and unknown ones are refused with
+// InvalidParameterValue. Error codes, as the SDK documents them for these
+// actions:
+//
+//	ResourceUnavailable.CmkNotFound        unknown key or alias
+//	ResourceUnavailable.CmkStateNotSupport asymmetric call on a disabled or
+//	                                       pending-deletion key
+//	InvalidParameterValue.InvalidKeyUsage  asymmetric call on a symmetric key,
+//	                                       or symmetric call on an RSA key
+//	FailedOperation.DecryptError           a ciphertext that does not decrypt
+//	InvalidParameter                       Ciphertext not base64
 
 type tcError struct{ code, message string }
 
@@ -143,7 +162,7 @@ func (s *Server) tencent(r *http.Request, action string) (map[string]any, *tcErr
 		return nil, tcErr("InvalidParameterValue", "The value of X-TC-Version is not valid.")
 	}
 	switch action {
-	case "GenerateDataKey", "Decrypt", "Encrypt":
+	case "GenerateDataKey", "Decrypt", "Encrypt", "GetPublicKey", "AsymmetricRsaDecrypt":
 	default:
 		return nil, tcErr("InvalidAction", "The requested action "+action+" does not exist.")
 	}
@@ -161,6 +180,8 @@ func (s *Server) tencent(r *http.Request, action string) (map[string]any, *tcErr
 		EncryptionContext *string
 		CiphertextBlob    *string
 		Plaintext         *string
+		Ciphertext        *string
+		Algorithm         *string
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, tcErr("InvalidParameter", "The request body is not valid JSON.")
@@ -174,6 +195,21 @@ func (s *Server) tencent(r *http.Request, action string) (map[string]any, *tcErr
 		encCtx, _ = json.Marshal(m)
 	}
 	switch action {
+	case "GetPublicKey":
+		if req.KeyId == nil || *req.KeyId == "" {
+			return nil, tcErr("MissingParameter", "The request is missing a required parameter `KeyId`.")
+		}
+		k, der, err := s.store.publicKey(Tencent, region, "", *req.KeyId)
+		if err != nil {
+			return nil, tcAsymErr(err)
+		}
+		return map[string]any{
+			"KeyId":        k.ID,
+			"PublicKey":    base64.StdEncoding.EncodeToString(der),
+			"PublicKeyPem": string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
+		}, nil
+	case "AsymmetricRsaDecrypt":
+		return s.tcAsymmetricRsaDecrypt(region, req.KeyId, req.Ciphertext, req.Algorithm)
 	case "GenerateDataKey":
 		k, terr := s.tcKey(region, req.KeyId)
 		if terr != nil {
@@ -234,6 +270,56 @@ func (s *Server) tencent(r *http.Request, action string) (map[string]any, *tcErr
 	}
 }
 
+// tcRSAAlgorithms are the Algorithm values AsymmetricRsaDecrypt takes,
+// with whether the emulator decrypts them.
+var tcRSAAlgorithms = map[string]bool{"RSAES_OAEP_SHA_256": true, "RSAES_PKCS1_V1_5": false, "RSAES_OAEP_SHA_1": false}
+
+func (s *Server) tcAsymmetricRsaDecrypt(region string, ref, ciphertext, algorithm *string) (map[string]any, *tcError) {
+	for _, p := range []struct {
+		name string
+		v    *string
+	}{{"KeyId", ref}, {"Ciphertext", ciphertext}, {"Algorithm", algorithm}} {
+		if p.v == nil || *p.v == "" {
+			return nil, tcErr("MissingParameter", "The request is missing a required parameter `"+p.name+"`.")
+		}
+	}
+	emulated, known := tcRSAAlgorithms[*algorithm]
+	switch {
+	case !known:
+		return nil, tcErr("InvalidParameterValue", "Algorithm must be one of RSAES_PKCS1_V1_5, RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256.")
+	case !emulated:
+		return nil, tcErr("InvalidParameterValue", "Algorithm "+*algorithm+" is not supported by the emulator: use RSAES_OAEP_SHA_256.")
+	}
+	ct, err := base64.StdEncoding.Strict().DecodeString(*ciphertext)
+	if err != nil || len(ct) == 0 {
+		return nil, tcErr("InvalidParameter", "Ciphertext must be base64.")
+	}
+	k, pt, err := s.store.decryptOAEP(Tencent, region, "", *ref, ct)
+	if err != nil {
+		return nil, tcAsymErr(err)
+	}
+	defer clear(pt)
+	return map[string]any{"KeyId": k.ID, "Plaintext": base64.StdEncoding.EncodeToString(pt)}, nil
+}
+
+// tcAsymErr maps a store error of GetPublicKey or AsymmetricRsaDecrypt.
+func tcAsymErr(err error) *tcError {
+	switch err {
+	case errNoKey, errNoAlias:
+		return tcErr("ResourceUnavailable.CmkNotFound", "The CMK does not exist.")
+	case errDisabled:
+		return tcErr("ResourceUnavailable.CmkStateNotSupport", "The CMK is disabled: only an Enabled asymmetric key can be used.")
+	case errPending:
+		return tcErr("ResourceUnavailable.CmkStateNotSupport", "The CMK is pending deletion: only an Enabled asymmetric key can be used.")
+	case errUsage:
+		return tcErr("InvalidParameterValue.InvalidKeyUsage", "The CMK's KeyUsage is not ASYMMETRIC_DECRYPT_RSA.")
+	case errAuth:
+		return tcErr("FailedOperation.DecryptError", "Decryption failed.")
+	default:
+		return tcErr("InternalError", "An internal error has occurred.")
+	}
+}
+
 func (s *Server) tcKey(region string, ref *string) (*cmk, *tcError) {
 	if ref == nil || *ref == "" {
 		return nil, tcErr("MissingParameter", "The request is missing a required parameter `KeyId`.")
@@ -258,6 +344,8 @@ func tcStoreErr(err error) *tcError {
 		return tcErr("ResourceUnavailable.KeyPendingDelete", "The CMK is pending deletion.")
 	case errAuth:
 		return tcErr("FailedOperation.DecryptError", "Decryption failed.")
+	case errUsage:
+		return tcErr("InvalidParameterValue.InvalidKeyUsage", "The CMK's KeyUsage is not ENCRYPT_DECRYPT.")
 	default:
 		return tcErr("InvalidParameterValue.InvalidCiphertext", "The ciphertext format is incorrect.")
 	}

@@ -12,6 +12,19 @@
 //
 // The wrapped key kmsfs stores is the CiphertextBlob text exactly as KMS
 // returned it.
+//
+// # Asymmetric keys
+//
+// Register also adds the scheme tencent-kms+rsa (see package
+// keyring/pubkey), for keys of KeyUsage ASYMMETRIC_DECRYPT_RSA_2048 (and
+// the larger RSA sizes where the service offers them):
+// tencent-kms+rsa://REGION/KEYID with the same endpoint parameter and
+// credential chain. Data keys are made locally and wrapped under the
+// key's public key (GetPublicKey, fetched once unless the volume records
+// it) with RSAES-OAEP SHA-256, and unwrapped with AsymmetricRsaDecrypt
+// (Algorithm RSAES_OAEP_SHA_256): KMS is called only to read existing
+// files. A symmetric key named with +rsa is keyring.ErrNotAsymmetric; an
+// RSA key named with the plain scheme is keyring.ErrBadURI.
 package tencent
 
 import (
@@ -31,15 +44,24 @@ import (
 
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/cloud"
+	"github.com/kmsfs/kmsfs/keyring/pubkey"
 )
 
 // Scheme is the URI scheme of this provider.
 const Scheme = "tencent-kms"
 
-// Register adds the Tencent Cloud KMS provider to reg under Scheme.
+// Register adds the Tencent Cloud KMS provider to reg under Scheme, and
+// its asymmetric keys under Scheme+"+rsa" (pubkey.Register).
 func Register(reg *keyring.Registry) {
 	reg.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
 		return Open(ctx, u)
+	})
+	pubkey.Register(reg, Scheme, func(ctx context.Context, u *url.URL) (keyring.AsymmetricKey, error) {
+		a, err := OpenAsymmetric(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		return a, nil
 	})
 }
 
@@ -285,6 +307,7 @@ func (k *Keyring) mapErr(op string, err error) error {
 
 // classify maps a Tencent Cloud error code to a keyring sentinel.
 func classify(op, code string) (error, string) {
+	asym := op == opGetPublicKey || op == opRSADecrypt
 	switch {
 	case code == "ResourceUnavailable.CmkNotFound" || code == "ResourceNotFound" || code == "InvalidParameterValue.InvalidKeyId":
 		return keyring.ErrKeyNotFound, "check the key ID and the region"
@@ -295,6 +318,9 @@ func classify(op, code string) (error, string) {
 	case code == "AuthFailure.SignatureExpire":
 		return keyring.ErrBadCredentials, "check this machine's clock"
 	case code == "AuthFailure.UnauthorizedOperation" || code == "AuthFailure.MFAFailure" || strings.HasPrefix(code, "UnauthorizedOperation"):
+		if asym {
+			return keyring.ErrAccessDenied, "grant kms:GetPublicKey and kms:AsymmetricRsaDecrypt on the key to this CAM identity"
+		}
 		return keyring.ErrAccessDenied, "grant kms:GenerateDataKey, kms:Decrypt and kms:Encrypt on the key to this CAM identity"
 	case strings.HasPrefix(code, "AuthFailure"):
 		return keyring.ErrBadCredentials, "check TENCENTCLOUD_SECRET_ID/KEY or the profile in use"
@@ -303,7 +329,11 @@ func classify(op, code string) (error, string) {
 	case strings.HasPrefix(code, "InternalError") || code == "UnsupportedOperation.ServiceTemporaryUnavailable" ||
 		code == "ServiceUnavailable" || code == "FailedOperation.EncryptionError":
 		return keyring.ErrUnavailable, ""
-	case op == "Decrypt" && (code == "InvalidParameterValue.InvalidCiphertext" || code == "FailedOperation.DecryptError" ||
+	case code == "InvalidParameterValue.InvalidKeyUsage" && asym:
+		return keyring.ErrNotAsymmetric, "the key is not an ASYMMETRIC_DECRYPT_RSA key; name a symmetric key " + Scheme + "://REGION/KEYID"
+	case code == "InvalidParameterValue.InvalidKeyUsage" && op != "Decrypt":
+		return keyring.ErrBadURI, "the key is not a symmetric ENCRYPT_DECRYPT key; name an RSA decryption key " + Scheme + pubkey.Suffix + "://REGION/KEYID"
+	case (op == "Decrypt" || op == opRSADecrypt) && (code == "InvalidParameterValue.InvalidCiphertext" || code == "FailedOperation.DecryptError" ||
 		strings.HasPrefix(code, "InvalidParameter")):
 		return keyring.ErrUnwrap, cloud.HintUnwrap
 	case code == "ResourceUnavailable.NotPurchased":

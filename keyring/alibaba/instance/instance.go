@@ -12,6 +12,14 @@
 // (Aad). The wrapped key kmsfs stores is the standard base64 of the
 // CiphertextBlob.
 //
+// An RSA decryption key of the instance (RSA_2048, RSA_3072 or RSA_4096,
+// usage ENCRYPT/DECRYPT) is used through its public key under the scheme
+// alibaba-kms-instance+rsa://ENDPOINT/KEY (package keyring/pubkey): data
+// keys are wrapped locally with RSAES-OAEP SHA-256 under the public key
+// (fetched once with GetPublicKey, or recorded in the volume), and
+// unwrapped by the instance's Decrypt with Algorithm RSAES_OAEP_SHA_256.
+// See OpenAsymmetric.
+//
 // The instance authenticates the application access point's client key:
 // a key file (clientKey_*.json, as the console issues it) and its
 // password, and the instance's CA certificate checks the server. They
@@ -47,6 +55,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/cloud"
+	"github.com/kmsfs/kmsfs/keyring/pubkey"
 )
 
 // Scheme is the URI scheme of this provider.
@@ -66,10 +75,19 @@ const maxInFlight = 8
 // maxFile bounds the client key, password and CA files.
 const maxFile = 64 << 10
 
-// Register adds the provider to reg under Scheme.
+// Register adds the provider to reg under Scheme, and its RSA keys under
+// Scheme+pubkey.Suffix (alibaba-kms-instance+rsa).
 func Register(reg *keyring.Registry) {
 	reg.Register(Scheme, func(ctx context.Context, u *url.URL, _ keyring.Options) (keyring.Keyring, error) {
 		return Open(ctx, u)
+	})
+	pubkey.Register(reg, Scheme, func(ctx context.Context, u *url.URL) (keyring.AsymmetricKey, error) {
+		a, err := OpenAsymmetric(ctx, u)
+		if err != nil {
+			// Not a: a typed nil pointer would be a non-nil interface.
+			return nil, err
+		}
+		return a, nil
 	})
 }
 
@@ -425,7 +443,13 @@ func classify(op, code string, status int) (error, string) {
 		return keyring.ErrUnavailable, ""
 	case strings.HasPrefix(code, "Forbidden"):
 		return keyring.ErrAccessDenied, "the application access point's policy must allow this key (cryptoservice/key/...)"
-	case op == "AdvanceDecrypt" && (code == "InvalidParameter" || code == "InvalidCiphertext" || code == "Rejected.ValueError"):
+	case code == "UnsupportedOperation" || code == "Rejected.UnsupportedOperation":
+		// The key's spec or usage does not allow the call.
+		if asymmetricOp(op) {
+			return keyring.ErrNotAsymmetric, "the key is not an RSA key for ENCRYPT/DECRYPT; a symmetric key is used as " + Scheme + "://ENDPOINT/KEY"
+		}
+		return keyring.ErrAccessDenied, "the key is not a symmetric key; an RSA key is used as " + Scheme + pubkey.Suffix + "://ENDPOINT/KEY"
+	case (op == "AdvanceDecrypt" || op == opDecryptOAEP) && (code == "InvalidParameter" || code == "InvalidCiphertext" || code == "Rejected.ValueError"):
 		return keyring.ErrUnwrap, cloud.HintUnwrap
 	case code == "InvalidParameter":
 		return keyring.ErrKeyNotFound, "the key ID or alias is not valid"
