@@ -79,9 +79,12 @@ type infoReport struct {
 	// Names is "siv" (entry names, symlink targets and xattrs encrypted)
 	// or "plaintext" (version 1, or version 2 with names in clear); empty
 	// when the configuration could not be read.
-	Names        string    `json:"names,omitempty"`
-	BlockSize    int       `json:"block_size"`
-	ConfigRead   bool      `json:"config_read"`
+	Names      string `json:"names,omitempty"`
+	BlockSize  int    `json:"block_size"`
+	ConfigRead bool   `json:"config_read"`
+	// WriteOnly: this machine holds only public keys for the volume; the
+	// configuration shown is the copy in its trust record.
+	WriteOnly    bool      `json:"write_only,omitempty"`
 	ConfigError  string    `json:"config_error,omitempty"`
 	Keys         []infoKey `json:"keys"`
 	ReuseFiles   int       `json:"data_key_reuse_files,omitempty"`
@@ -138,16 +141,17 @@ func runInfo(args []string) int {
 			return errorf(exitError, "%v", err)
 		}
 	}
-	res := keyring.NewResolver(newRegistry(), keyring.Options{Passphrase: passphraseSource(*pf)})
+	res := keyring.NewResolver(newRegistry(), keyring.Options{Passphrase: passphraseSource(*pf), PublicKeys: rec.PublicKeyMap(), WriteOnly: rec.WriteOnly != nil})
 	ctx, cancel := context.WithTimeout(context.Background(), offlineTimeout)
 	defer cancel()
 	code = exitOK
+	r.WriteOnly = rec.WriteOnly != nil
 	var cfgKeys []string
 	if len(rec.Keys)+len(rec.Retired)+len(extra) == 0 {
 		r.ConfigError = fmt.Sprintf("no key is trusted for this volume on this machine (see its keys and trust them with 'kmsfs trust %s', or name one with --key)", dir)
 		code = exitKey
 	} else {
-		vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired, Log: log.New(io.Discard, "", 0)})
+		vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired, WriteOnly: rec.WriteOnly, Log: log.New(io.Discard, "", 0)})
 		if err != nil {
 			r.ConfigError = err.Error()
 			code = exitCode(err)
@@ -248,6 +252,9 @@ func printInfo(r *infoReport) {
 		fmt.Printf("format version %d, block size %d, names in clear\n", r.FormatVersion, r.BlockSize)
 	default:
 		fmt.Printf("format version unknown, block size %d (from the configuration's header), names encrypted or not: unknown\n", r.BlockSize)
+	}
+	if r.WriteOnly {
+		fmt.Println("write-only on this machine: it holds public keys only; the configuration shown is the copy in its trust record")
 	}
 	if r.ConfigRead {
 		fmt.Println("keys:")
