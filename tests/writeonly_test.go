@@ -155,6 +155,12 @@ func TestWriteOnlyMount(t *testing.T) {
 	checkContent(t, w.path("dir/after-remount"), want["dir/after-remount"], bs)
 	checkWriterMadeNoCalls("after the remount")
 	w.unmount()
+	if r := w.kmsfs("info", w.cipherDir); r.code != exitOK || !strings.Contains(r.stdout, "write-only") || !strings.Contains(r.stdout, "names encrypted") {
+		t.Errorf("%v\nwant kmsfs info on the write-only machine to read its configuration and say write-only", r)
+	}
+	if n := calls() - before; n != 0 {
+		t.Errorf("kmsfs info on the write-only machine made %d KMS requests, want 0", n)
+	}
 	if lg := w.log(); strings.Contains(lg, "PATCHED") || strings.Contains(lg, "kept by the backup host") {
 		t.Errorf("the daemon log holds file content:\n%s", lg)
 	}
