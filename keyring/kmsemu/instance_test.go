@@ -742,6 +742,9 @@ func TestInstanceAsymmetric(t *testing.T) {
 	if tea.StringValue(r.KeyId) != key.ID || tea.StringValue(r.RequestId) == "" || pub.N.BitLen() != 3072 {
 		t.Fatalf("GetPublicKey() = %v, want a 3072-bit key %s and a RequestId", r, key.ID)
 	}
+	if want, err := s.PublicKeyPEM(key.ID); err != nil || string(want) != tea.StringValue(r.PublicKey) {
+		t.Fatalf("GetPublicKey() PublicKey = %q, want PublicKeyPEM() %q (%v)", tea.StringValue(r.PublicKey), want, err)
+	}
 	r, byAlias, err := c.getPublicKey(t, "alias/rsa")
 	if err != nil || tea.StringValue(r.KeyId) != key.ID || !byAlias.Equal(pub) {
 		t.Fatalf("GetPublicKey(alias/rsa) = %v, %v, want key %s's", r, err, key.ID)

@@ -204,6 +204,9 @@ func (k *Keyring) GenerateDataKey(ctx context.Context, encCtx []byte) (*keyring.
 
 // Wrap wraps dk under the public key, bound to encCtx.
 func (k *Keyring) Wrap(ctx context.Context, dk *keyring.Key, encCtx []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("wrapping under %s: %w", keyring.RedactURI(k.uri), err)
+	}
 	pub, err := k.public(ctx)
 	if err != nil {
 		return nil, err
