@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/keyringtest"
 )
 
 // fakeKey is an AsymmetricKey backed by a private key in memory, standing
@@ -34,7 +35,10 @@ func (f *fakeKey) PublicKey(context.Context) ([]byte, error) {
 	return x509.MarshalPKIXPublicKey(&f.priv.PublicKey)
 }
 
-func (f *fakeKey) DecryptOAEP(_ context.Context, ct []byte) ([]byte, error) {
+func (f *fakeKey) DecryptOAEP(ctx context.Context, ct []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	f.decrypts++
 	if f.err != nil {
 		return nil, f.err
@@ -123,6 +127,18 @@ func TestRoundTripAndContext(t *testing.T) {
 	if _, err := k.Unwrap(ctx, short, encCtx); !errors.Is(err, keyring.ErrUnwrap) {
 		t.Errorf("a 32-byte message: Unwrap error = %v, want ErrUnwrap", err)
 	}
+}
+
+// TestConformance runs the keyring conformance suite on a public-key
+// keyring over a key service stand-in.
+func TestConformance(t *testing.T) {
+	keyringtest.Run(t, func(t *testing.T) keyring.Keyring {
+		k, err := New("fake+rsa://k", nil, &fakeKey{priv: rsaKey(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	})
 }
 
 func TestServiceErrorPassesThrough(t *testing.T) {
