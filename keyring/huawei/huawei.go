@@ -30,7 +30,8 @@
 // cipher_text the base64 of the RSA ciphertext, the plaintext read from
 // plain_text_base64): KMS is called only to read existing files. A
 // symmetric key named with +rsa is keyring.ErrNotAsymmetric; an RSA key
-// named with the plain scheme is keyring.ErrBadURI.
+// named with the plain scheme is keyring.ErrAccessDenied, with a hint
+// naming the +rsa scheme.
 package huawei
 
 import (
@@ -339,8 +340,8 @@ func classify(op, code, msg string, status int) (error, string) {
 		// "Invalid XXX": the only parameters sent are the key ID and,
 		// for decrypt-data, the algorithm, which every RSA key takes.
 		return keyring.ErrNotAsymmetric, "the key is not an RSA ENCRYPT_DECRYPT key; name a symmetric key " + Scheme + "://REGION/KEYID?project=PROJECT_ID"
-	case code == "KMS.0308" && strings.Contains(msg, "key_id"):
-		return keyring.ErrBadURI, "the key is not a symmetric key; name an RSA ENCRYPT_DECRYPT key " + Scheme + pubkey.Suffix + "://REGION/KEYID?project=PROJECT_ID"
+	case code == "KMS.0308":
+		return keyring.ErrAccessDenied, "the service refused a parameter; if the key is an RSA key, name it " + Scheme + pubkey.Suffix + "://REGION/KEYID?project=PROJECT_ID"
 	case status == http.StatusTooManyRequests || code == "APIGW.0308":
 		return keyring.ErrThrottled, ""
 	case status >= 500 || code == "KMS.0101" || code == "KMS.0102":

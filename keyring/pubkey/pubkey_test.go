@@ -13,6 +13,7 @@ import (
 	"errors"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/kmsfs/kmsfs/keyring"
@@ -22,16 +23,15 @@ import (
 // fakeKey is an AsymmetricKey backed by a private key in memory, standing
 // in for a key service.
 type fakeKey struct {
-	priv     *rsa.PrivateKey
-	decrypts int
-	fetches  int
-	err      error
+	priv              *rsa.PrivateKey
+	decrypts, fetches atomic.Int64
+	err               error
 }
 
 func (f *fakeKey) URI() string { return "fake://k" }
 
 func (f *fakeKey) PublicKey(context.Context) ([]byte, error) {
-	f.fetches++
+	f.fetches.Add(1)
 	return x509.MarshalPKIXPublicKey(&f.priv.PublicKey)
 }
 
@@ -39,7 +39,7 @@ func (f *fakeKey) DecryptOAEP(ctx context.Context, ct []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	f.decrypts++
+	f.decrypts.Add(1)
 	if f.err != nil {
 		return nil, f.err
 	}
@@ -78,8 +78,8 @@ func TestRoundTripAndContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dk.Destroy()
-	if f.fetches != 1 || f.decrypts != 0 {
-		t.Errorf("GenerateDataKey: %d fetches, %d decrypts; want 1 and 0", f.fetches, f.decrypts)
+	if f.fetches.Load() != 1 || f.decrypts.Load() != 0 {
+		t.Errorf("GenerateDataKey: %d fetches, %d decrypts; want 1 and 0", f.fetches.Load(), f.decrypts.Load())
 	}
 	if len(w) != 256 {
 		t.Errorf("wrapped key is %d bytes, want 256", len(w))
@@ -90,8 +90,8 @@ func TestRoundTripAndContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	dk2.Destroy()
-	if f.fetches != 1 || k.KMSCalls() != 1 {
-		t.Errorf("second GenerateDataKey called the service: fetches %d, KMSCalls %d", f.fetches, k.KMSCalls())
+	if f.fetches.Load() != 1 || k.KMSCalls() != 1 {
+		t.Errorf("second GenerateDataKey called the service: fetches %d, KMSCalls %d", f.fetches.Load(), k.KMSCalls())
 	}
 	got, err := k.Unwrap(ctx, w, encCtx)
 	if err != nil {

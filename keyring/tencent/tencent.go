@@ -24,7 +24,8 @@
 // it) with RSAES-OAEP SHA-256, and unwrapped with AsymmetricRsaDecrypt
 // (Algorithm RSAES_OAEP_SHA_256): KMS is called only to read existing
 // files. A symmetric key named with +rsa is keyring.ErrNotAsymmetric; an
-// RSA key named with the plain scheme is keyring.ErrBadURI.
+// RSA key named with the plain scheme is keyring.ErrAccessDenied, with a
+// hint naming the +rsa scheme.
 package tencent
 
 import (
@@ -332,7 +333,7 @@ func classify(op, code string) (error, string) {
 	case code == "InvalidParameterValue.InvalidKeyUsage" && asym:
 		return keyring.ErrNotAsymmetric, "the key is not an ASYMMETRIC_DECRYPT_RSA key; name a symmetric key " + Scheme + "://REGION/KEYID"
 	case code == "InvalidParameterValue.InvalidKeyUsage" && op != "Decrypt":
-		return keyring.ErrBadURI, "the key is not a symmetric ENCRYPT_DECRYPT key; name an RSA decryption key " + Scheme + pubkey.Suffix + "://REGION/KEYID"
+		return keyring.ErrAccessDenied, "the key is not a symmetric ENCRYPT_DECRYPT key; name an RSA decryption key " + Scheme + pubkey.Suffix + "://REGION/KEYID"
 	case (op == "Decrypt" || op == opRSADecrypt) && (code == "InvalidParameterValue.InvalidCiphertext" || code == "FailedOperation.DecryptError" ||
 		strings.HasPrefix(code, "InvalidParameter")):
 		return keyring.ErrUnwrap, cloud.HintUnwrap

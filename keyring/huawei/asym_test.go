@@ -1,0 +1,520 @@
+package huawei
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/keyringtest"
+	"github.com/kmsfs/kmsfs/keyring/kmsemu"
+	"github.com/kmsfs/kmsfs/keyring/kmsemu/kmsemutest"
+	"github.com/kmsfs/kmsfs/keyring/pubkey"
+)
+
+// asymEnv is an emulator (with a state file) holding an RSA key and a
+// symmetric key of Huawei Cloud, with the environment's credentials
+// accepted by it.
+type asymEnv struct {
+	s      *kmsemu.Server
+	rsa    kmsemu.Key
+	sym    kmsemu.Key
+	pubDER []byte // the RSA key's public key, read from the state file
+	reg    *keyring.Registry
+}
+
+func asymSetup(t *testing.T) *asymEnv {
+	t.Helper()
+	state := filepath.Join(t.TempDir(), "state.json")
+	s := kmsemu.New(kmsemu.Config{StateFile: state, Credentials: []kmsemu.Credential{
+		{Cloud: kmsemu.Huawei, ID: testAK, Secret: testSK},
+		{Cloud: kmsemu.Huawei, ID: "HPUADENIED", Secret: testSK, Denied: true},
+	}})
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	e := &asymEnv{
+		s:   s,
+		rsa: kmsemutest.CreateKey(t, s, kmsemu.KeySpec{Cloud: kmsemu.Huawei, Region: testRegion, Project: testProject, Spec: "RSA_2048"}),
+		sym: kmsemutest.CreateKey(t, s, kmsemu.KeySpec{Cloud: kmsemu.Huawei, Region: testRegion, Project: testProject}),
+		reg: keyring.NewRegistry(Register),
+	}
+	e.pubDER = statePublicKey(t, state, e.rsa.ID)
+	setEnv(t, testAK, testSK)
+	return e
+}
+
+// statePublicKey reads the public key of key id from the emulator's state
+// file: a source independent of get-publickey.
+func statePublicKey(t *testing.T, file, id string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Keys []struct {
+			ID      string `json:"id"`
+			Private []byte `json:"private"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range st.Keys {
+		if k.ID != id {
+			continue
+		}
+		p, err := x509.ParsePKCS8PrivateKey(k.Private)
+		if err != nil {
+			t.Fatalf("state file: key %s: %v", id, err)
+		}
+		rk, ok := p.(*rsa.PrivateKey)
+		if !ok {
+			t.Fatalf("state file: key %s is a %T", id, p)
+		}
+		der, err := x509.MarshalPKIXPublicKey(&rk.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	t.Fatalf("state file: no key %s", id)
+	return nil
+}
+
+func rsaURI(s *kmsemu.Server, project, key string) string {
+	return Scheme + pubkey.Suffix + "://" + testRegion + "/" + key + "?project=" + project + "&endpoint=" + url.QueryEscape(s.URL())
+}
+
+// openRSA opens a +rsa keyring through the registry.
+func (e *asymEnv) openRSA(t *testing.T, uri string, opts keyring.Options) *pubkey.Keyring {
+	t.Helper()
+	kr, err := e.reg.Open(context.Background(), uri, opts)
+	if err != nil {
+		t.Fatalf("Open(%s) error = %v", uri, err)
+	}
+	pk, ok := kr.(*pubkey.Keyring)
+	if !ok {
+		t.Fatalf("Open(%s) = %T, want *pubkey.Keyring", uri, kr)
+	}
+	return pk
+}
+
+// calls counts the requests the emulator answered.
+func (e *asymEnv) calls() int { return e.s.Count(kmsemu.Huawei, "", "") }
+
+// unsetenv removes an environment variable for the rest of the test.
+func unsetenv(t *testing.T, name string) {
+	t.Setenv(name, "") // restores it when the test ends
+	os.Unsetenv(name)
+}
+
+func TestAsymRoundTrip(t *testing.T) {
+	e := asymSetup(t)
+	ctx := context.Background()
+	uri := rsaURI(e.s, testProject, e.rsa.ID)
+	kr := e.openRSA(t, uri, keyring.Options{})
+	if kr.URI() != uri || kr.WriteOnly() {
+		t.Fatalf("URI() = %q, WriteOnly() = %v, want %q, false", kr.URI(), kr.WriteOnly(), uri)
+	}
+	encCtx := keyringtest.EncryptionContext(t)
+	type pair struct {
+		dk      *keyring.Key
+		wrapped []byte
+	}
+	var made []pair
+	for range 3 {
+		dk, w, err := kr.GenerateDataKey(ctx, encCtx)
+		if err != nil {
+			t.Fatalf("GenerateDataKey() error = %v", err)
+		}
+		t.Cleanup(dk.Destroy)
+		if len(w) != 256 {
+			t.Errorf("wrapped key of %d bytes, want 256 (RSA 2048)", len(w))
+		}
+		made = append(made, pair{dk, w})
+	}
+	der, err := kr.PublicKey(ctx)
+	if err != nil {
+		t.Fatalf("PublicKey() error = %v", err)
+	}
+	if !bytes.Equal(der, e.pubDER) {
+		t.Error("PublicKey() is not the emulator key's public key")
+	}
+	// One get-publickey, then nothing: wrapping is local.
+	if n := kr.KMSCalls(); n != 1 {
+		t.Errorf("KMSCalls() after 3 GenerateDataKey and PublicKey = %d, want 1", n)
+	}
+	if n, pk := e.calls(), e.s.Count(kmsemu.Huawei, "get-publickey", "ok"); n != 1 || pk != 1 {
+		t.Errorf("emulator calls = %d (get-publickey ok %d), want one get-publickey", n, pk)
+	}
+	for i, p := range made {
+		u, err := kr.Unwrap(ctx, p.wrapped, encCtx)
+		if err != nil {
+			t.Fatalf("Unwrap(%d) error = %v", i, err)
+		}
+		if !bytes.Equal(u.Bytes(), p.dk.Bytes()) {
+			t.Errorf("Unwrap(%d) returned another key", i)
+		}
+		u.Destroy()
+	}
+	if n := e.s.Count(kmsemu.Huawei, "decrypt-data", "ok"); n != 3 || kr.KMSCalls() != 4 {
+		t.Errorf("after 3 Unwrap: decrypt-data ok = %d, KMSCalls() = %d, want 3 and 4", n, kr.KMSCalls())
+	}
+	k, err := kr.Unwrap(ctx, made[0].wrapped, keyringtest.EncryptionContext(t))
+	if !errors.Is(err, keyring.ErrUnwrap) {
+		k.Destroy()
+		t.Fatalf("Unwrap with another encryption context error = %v, want keyring.ErrUnwrap", err)
+	}
+
+	// Wrap (a new slot for an existing data key) is local as well.
+	before := e.calls()
+	w, err := kr.Wrap(ctx, made[0].dk, encCtx)
+	if err != nil {
+		t.Fatalf("Wrap() error = %v", err)
+	}
+	if e.calls() != before {
+		t.Errorf("Wrap() made %d calls, want 0", e.calls()-before)
+	}
+	u, err := kr.Unwrap(ctx, w, encCtx)
+	if err != nil || !bytes.Equal(u.Bytes(), made[0].dk.Bytes()) {
+		t.Fatalf("Unwrap() of Wrap() = %v, want the data key", err)
+	}
+	u.Destroy()
+}
+
+// TestAsymKnownPublicKey opens the key with its public key given (as the
+// volume's trust record does): wrapping never calls KMS, even once it is
+// gone.
+func TestAsymKnownPublicKey(t *testing.T) {
+	e := asymSetup(t)
+	ctx := context.Background()
+	uri := rsaURI(e.s, testProject, e.rsa.ID)
+	for name, pub := range map[string][]byte{"DER": e.pubDER, "PEM": pubkey.PEM(e.pubDER)} {
+		t.Run(name, func(t *testing.T) {
+			kr := e.openRSA(t, uri, keyring.Options{PublicKeys: map[string][]byte{uri: pub}})
+			before := e.calls()
+			encCtx := keyringtest.EncryptionContext(t)
+			dk, w, err := kr.GenerateDataKey(ctx, encCtx)
+			if err != nil {
+				t.Fatalf("GenerateDataKey() error = %v", err)
+			}
+			defer dk.Destroy()
+			if kr.KMSCalls() != 0 || e.calls() != before {
+				t.Fatalf("GenerateDataKey with a known public key made %d calls (emulator saw %d), want 0", kr.KMSCalls(), e.calls()-before)
+			}
+			u, err := kr.Unwrap(ctx, w, encCtx)
+			if err != nil || !bytes.Equal(u.Bytes(), dk.Bytes()) {
+				t.Fatalf("Unwrap() = %v, want the data key", err)
+			}
+			u.Destroy()
+		})
+	}
+
+	t.Run("KMS gone", func(t *testing.T) {
+		kr := e.openRSA(t, uri, keyring.Options{PublicKeys: map[string][]byte{uri: e.pubDER}})
+		if err := e.s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		encCtx := keyringtest.EncryptionContext(t)
+		dk, w, err := kr.GenerateDataKey(ctx, encCtx)
+		if err != nil {
+			t.Fatalf("GenerateDataKey() with KMS gone: %v", err)
+		}
+		defer dk.Destroy()
+		if kr.KMSCalls() != 0 {
+			t.Errorf("KMSCalls() = %d, want 0", kr.KMSCalls())
+		}
+		tctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if k, err := kr.Unwrap(tctx, w, encCtx); !errors.Is(err, keyring.ErrUnavailable) || keyring.IsPermanent(err) {
+			k.Destroy()
+			t.Fatalf("Unwrap() with KMS gone: error = %v, want transient keyring.ErrUnavailable", err)
+		}
+	})
+}
+
+// TestAsymWriteOnly opens the key with its public key only and no
+// credentials in the environment: new data keys wrap, nothing unwraps.
+func TestAsymWriteOnly(t *testing.T) {
+	e := asymSetup(t)
+	ctx := context.Background()
+	uri := rsaURI(e.s, testProject, e.rsa.ID)
+	encCtx := keyringtest.EncryptionContext(t)
+	var dk *keyring.Key
+	var wrapped []byte
+	t.Run("write-only", func(t *testing.T) {
+		unsetenv(t, "HUAWEICLOUD_SDK_AK")
+		unsetenv(t, "HUAWEICLOUD_SDK_SK")
+		kr := e.openRSA(t, uri, keyring.Options{WriteOnly: true, PublicKeys: map[string][]byte{uri: e.pubDER}})
+		if !kr.WriteOnly() {
+			t.Error("WriteOnly() = false, want true")
+		}
+		var err error
+		if dk, wrapped, err = kr.GenerateDataKey(ctx, encCtx); err != nil {
+			t.Fatalf("GenerateDataKey() error = %v", err)
+		}
+		if k, err := kr.Unwrap(ctx, wrapped, encCtx); !errors.Is(err, keyring.ErrWriteOnly) || !keyring.IsPermanent(err) {
+			k.Destroy()
+			t.Fatalf("Unwrap() error = %v, want keyring.ErrWriteOnly", err)
+		}
+		if n := e.calls(); n != 0 {
+			t.Errorf("a write-only keyring made %d calls to KMS, want 0", n)
+		}
+		if _, err := e.reg.Open(ctx, uri, keyring.Options{WriteOnly: true}); !errors.Is(err, keyring.ErrBadURI) {
+			t.Errorf("Open() write-only without a public key: error = %v, want keyring.ErrBadURI", err)
+		}
+	})
+	if dk == nil {
+		t.FailNow()
+	}
+	defer dk.Destroy()
+	t.Run("read back with credentials", func(t *testing.T) {
+		kr := e.openRSA(t, uri, keyring.Options{})
+		u, err := kr.Unwrap(ctx, wrapped, encCtx)
+		if err != nil || !bytes.Equal(u.Bytes(), dk.Bytes()) {
+			t.Fatalf("Unwrap() of a write-only keyring's data key = %v, want the data key", err)
+		}
+		u.Destroy()
+	})
+}
+
+func TestAsymThrottled(t *testing.T) {
+	e := asymSetup(t)
+	ctx := context.Background()
+	kr := e.openRSA(t, rsaURI(e.s, testProject, e.rsa.ID), keyring.Options{})
+	encCtx := keyringtest.EncryptionContext(t)
+	e.s.AddFault(kmsemu.Fault{Cloud: kmsemu.Huawei, Action: "get-publickey", Throttle: 1})
+	dk, w, err := kr.GenerateDataKey(ctx, encCtx)
+	if err != nil {
+		t.Fatalf("GenerateDataKey() after a throttled get-publickey: %v", err)
+	}
+	defer dk.Destroy()
+	e.s.AddFault(kmsemu.Fault{Cloud: kmsemu.Huawei, Action: "decrypt-data", Throttle: 1})
+	u, err := kr.Unwrap(ctx, w, encCtx)
+	if err != nil || !bytes.Equal(u.Bytes(), dk.Bytes()) {
+		t.Fatalf("Unwrap() after a throttled decrypt-data = %v, want the data key", err)
+	}
+	u.Destroy()
+	for _, op := range []string{"get-publickey", "decrypt-data"} {
+		if n := e.s.Count(kmsemu.Huawei, op, "throttled"); n != 1 {
+			t.Errorf("Count(%s, throttled) = %d, want 1", op, n)
+		}
+	}
+}
+
+func TestAsymErrors(t *testing.T) {
+	e := asymSetup(t)
+	ctx := context.Background()
+	encCtx := keyringtest.EncryptionContext(t)
+	good := e.openRSA(t, rsaURI(e.s, testProject, e.rsa.ID), keyring.Options{})
+	dk, wrapped, err := good.GenerateDataKey(ctx, encCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk.Destroy()
+	tampered := bytes.Clone(wrapped)
+	tampered[len(tampered)/2] ^= 0x20
+	disabled := kmsemutest.CreateKey(t, e.s, kmsemu.KeySpec{Cloud: kmsemu.Huawei, Region: testRegion, Project: testProject, Spec: "RSA_2048"})
+	if err := e.s.DisableKey(disabled.ID); err != nil {
+		t.Fatal(err)
+	}
+	pending := kmsemutest.CreateKey(t, e.s, kmsemu.KeySpec{Cloud: kmsemu.Huawei, Region: testRegion, Project: testProject, Spec: "RSA_2048"})
+	if err := e.s.ScheduleKeyDeletion(pending.ID); err != nil {
+		t.Fatal(err)
+	}
+	const unknown = "0b1c2d3e-0000-4000-8000-000000000000"
+	// withPub gives the keyring of uri a public key, so that Unwrap goes
+	// straight to decrypt-data.
+	withPub := func(uri string) keyring.Options {
+		return keyring.Options{PublicKeys: map[string][]byte{uri: e.pubDER}}
+	}
+	rsaU := func(key string) string { return rsaURI(e.s, testProject, key) }
+
+	type call int
+	const (
+		publicKey call = iota // PublicKey (get-publickey)
+		unwrap                // Unwrap of wrapped (decrypt-data)
+		generate              // GenerateDataKey
+	)
+	for _, tc := range []struct {
+		name    string
+		uri     string
+		opts    keyring.Options
+		id, sec string
+		call    call
+		blob    []byte
+		want    error
+		wantMsg string
+	}{
+		{name: "disabled key, get-publickey", uri: rsaU(disabled.ID), call: generate, want: keyring.ErrKeyDisabled, wantMsg: "KMS.0209"},
+		{name: "disabled key, decrypt-data", uri: rsaU(disabled.ID), opts: withPub(rsaU(disabled.ID)), call: unwrap, want: keyring.ErrKeyDisabled, wantMsg: "KMS.0209"},
+		{name: "pending deletion, decrypt-data", uri: rsaU(pending.ID), opts: withPub(rsaU(pending.ID)), call: unwrap, want: keyring.ErrKeyDisabled, wantMsg: "KMS.0210"},
+		{name: "symmetric key as +rsa, get-publickey", uri: rsaU(e.sym.ID), call: generate, want: keyring.ErrNotAsymmetric, wantMsg: "KMS.0308"},
+		{name: "symmetric key as +rsa, decrypt-data", uri: rsaU(e.sym.ID), opts: withPub(rsaU(e.sym.ID)), call: unwrap, want: keyring.ErrNotAsymmetric, wantMsg: "KMS.0308"},
+		{name: "RSA key as a symmetric key", uri: uri(e.s, testProject, e.rsa.ID), call: generate, want: keyring.ErrAccessDenied, wantMsg: Scheme + pubkey.Suffix + "://"},
+		{name: "wrong secret, get-publickey", uri: rsaU(e.rsa.ID), id: testAK, sec: "wrong", call: publicKey, want: keyring.ErrBadCredentials, wantMsg: "APIGW.0301"},
+		{name: "wrong secret, decrypt-data", uri: rsaU(e.rsa.ID), opts: withPub(rsaU(e.rsa.ID)), id: testAK, sec: "wrong", call: unwrap, want: keyring.ErrBadCredentials, wantMsg: "APIGW.0301"},
+		{name: "denied", uri: rsaU(e.rsa.ID), id: "HPUADENIED", sec: testSK, call: publicKey, want: keyring.ErrAccessDenied, wantMsg: "kms:cmk:getPublicKey"},
+		{name: "tampered ciphertext", uri: rsaU(e.rsa.ID), call: unwrap, blob: tampered, want: keyring.ErrUnwrap, wantMsg: "KMS.2201"},
+		{name: "truncated ciphertext", uri: rsaU(e.rsa.ID), call: unwrap, blob: wrapped[:100], want: keyring.ErrUnwrap},
+		{name: "unknown key, get-publickey", uri: rsaU(unknown), call: publicKey, want: keyring.ErrKeyNotFound, wantMsg: "KMS.0207"},
+		{name: "unknown key, decrypt-data", uri: rsaU(unknown), opts: withPub(rsaU(unknown)), call: unwrap, want: keyring.ErrKeyNotFound, wantMsg: "KMS.0207"},
+		{name: "other project", uri: rsaURI(e.s, "fedcba9876543210fedcba9876543210", e.rsa.ID), call: publicKey, want: keyring.ErrKeyNotFound},
+		{name: "bad URI", uri: Scheme + pubkey.Suffix + "://" + testRegion + "/not-a-uuid?project=" + testProject, call: publicKey, want: keyring.ErrBadURI},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, sec := testAK, testSK
+			if tc.id != "" {
+				id, sec = tc.id, tc.sec
+			}
+			setEnv(t, id, sec)
+			blob := tc.blob
+			if blob == nil {
+				blob = wrapped
+			}
+			kr, err := e.reg.Open(ctx, tc.uri, tc.opts)
+			if err == nil {
+				switch tc.call {
+				case publicKey:
+					pk, ok := kr.(*pubkey.Keyring)
+					if !ok {
+						t.Fatalf("Open(%s) = %T, want *pubkey.Keyring", tc.uri, kr)
+					}
+					_, err = pk.PublicKey(ctx)
+				case unwrap:
+					var k *keyring.Key
+					if k, err = kr.Unwrap(ctx, blob, encCtx); err == nil {
+						k.Destroy()
+					}
+				case generate:
+					var k *keyring.Key
+					if k, _, err = kr.GenerateDataKey(ctx, encCtx); err == nil {
+						k.Destroy()
+					}
+				}
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("error = %v, want %v", err, tc.want)
+			}
+			if !keyring.IsPermanent(err) {
+				t.Errorf("error %v is transient, want permanent", err)
+			}
+			msg := err.Error()
+			t.Log(msg)
+			if !strings.Contains(msg, Scheme) || strings.Contains(msg, "\n") || !strings.Contains(msg, tc.wantMsg) {
+				t.Errorf("error message %q: want one line naming %s and %q", msg, Scheme, tc.wantMsg)
+			}
+			if strings.Contains(msg, testSK) {
+				t.Errorf("error message %q shows the secret key", msg)
+			}
+		})
+	}
+}
+
+// TestOpenAsymmetric uses the AsymmetricKey directly.
+func TestOpenAsymmetric(t *testing.T) {
+	e := asymSetup(t)
+	ctx := context.Background()
+	raw := uri(e.s, testProject, e.rsa.ID)
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := OpenAsymmetric(ctx, u)
+	if err != nil {
+		t.Fatalf("OpenAsymmetric() error = %v", err)
+	}
+	a.k.policy = fastPolicy
+	if a.URI() != raw {
+		t.Errorf("URI() = %q, want %q", a.URI(), raw)
+	}
+	der, err := a.PublicKey(ctx)
+	if err != nil || !bytes.Equal(der, e.pubDER) {
+		t.Fatalf("PublicKey() = %v, want the emulator key's", err)
+	}
+	pub, err := pubkey.ParsePublicKey(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("a message of any bytes \x00\xff")
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, msg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, err := a.DecryptOAEP(ctx, ct)
+	if err != nil || !bytes.Equal(pt, msg) {
+		t.Fatalf("DecryptOAEP() = %v, want the message", err)
+	}
+	clear(pt)
+	for name, blob := range map[string][]byte{"empty": nil, "short": make([]byte, 100), "too long": make([]byte, pubkey.MaxBits/8+1)} {
+		before := e.calls()
+		if _, err := a.DecryptOAEP(ctx, blob); !errors.Is(err, keyring.ErrUnwrap) {
+			t.Errorf("DecryptOAEP(%s) error = %v, want keyring.ErrUnwrap", name, err)
+		}
+		if e.calls() != before {
+			t.Errorf("DecryptOAEP(%s) called KMS", name)
+		}
+	}
+
+	// Open refuses what the symmetric Open refuses.
+	bad, _ := url.Parse(Scheme + "://" + testRegion + "/not-a-uuid?project=" + testProject)
+	if _, err := OpenAsymmetric(ctx, bad); !errors.Is(err, keyring.ErrBadURI) {
+		t.Errorf("OpenAsymmetric(not a key ID) error = %v, want keyring.ErrBadURI", err)
+	}
+}
+
+func TestPublicKeyBytes(t *testing.T) {
+	priv, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&priv.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.StdEncoding.EncodeToString(der)
+	for _, tc := range []struct {
+		name    string
+		in      string
+		wantErr bool
+	}{
+		{name: "PEM", in: string(pubkey.PEM(der))},
+		{name: "PEM with spaces around", in: "\n " + string(pubkey.PEM(der)) + " \n"},
+		{name: "base64 DER", in: b64},
+		{name: "base64 DER in lines", in: b64[:64] + "\n" + b64[64:128] + "\r\n" + b64[128:]},
+		{name: "empty", wantErr: true},
+		{name: "neither", in: "not a key!", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw, err := publicKeyBytes(tc.in)
+			if tc.wantErr {
+				if err == nil {
+					t.Errorf("publicKeyBytes() = %q, want an error", raw)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("publicKeyBytes() error = %v", err)
+			}
+			pub, err := pubkey.ParsePublicKey(raw)
+			if err != nil || !pub.Equal(&priv.PublicKey) {
+				t.Errorf("ParsePublicKey(publicKeyBytes()) = %v, want the key", err)
+			}
+		})
+	}
+}
