@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -206,4 +207,115 @@ func TestWriteOnlyMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkContent(t, rd.path(unread), want[unread], bs)
+}
+
+// asymCase is an RSA key in one cloud of the emulators: its +rsa URI,
+// the emulator that holds it and the name of its decrypt action.
+type asymCase struct {
+	name, uri, keyID, decrypt string
+	cloud                     kmsemu.Cloud
+	s                         *kmsemu.Server
+}
+
+// asymCases creates an RSA key in each cloud that has asymmetric
+// decryption (Tencent, Huawei, an Alibaba KMS instance).
+func asymCases(t *testing.T) []asymCase {
+	t.Helper()
+	inst, _, _ := instXStart(t)
+	e := startCloudEmulator(t)
+	var out []asymCase
+	for _, c := range []struct {
+		cloud          kmsemu.Cloud
+		s              *kmsemu.Server
+		region, action string
+	}{
+		{kmsemu.Tencent, e.s, "ap-guangzhou", "AsymmetricRsaDecrypt"},
+		{kmsemu.Huawei, e.s, "cn-north-4", "decrypt-data"},
+		{kmsemu.AlibabaInstance, inst, "kst-mount-test", "Decrypt"},
+	} {
+		spec := kmsemu.KeySpec{Cloud: c.cloud, Region: c.region, Spec: "RSA_3072"}
+		if c.cloud == kmsemu.Huawei {
+			spec.Project = cloudHwProject
+		}
+		k, err := c.s.CreateKey(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var uri string
+		switch c.cloud {
+		case kmsemu.Tencent:
+			uri = "tencent-kms+rsa://" + c.region + "/" + k.ID + "?endpoint=" + e.s.URL()
+		case kmsemu.Huawei:
+			uri = "huawei-kms+rsa://" + c.region + "/" + k.ID + "?project=" + cloudHwProject + "&endpoint=" + e.s.URL()
+		default:
+			uri = "alibaba-kms-instance+rsa://" + inst.TLSAddr() + "/" + k.ID
+		}
+		out = append(out, asymCase{name: string(c.cloud), uri: uri, keyID: k.ID, decrypt: c.action, cloud: c.cloud, s: c.s})
+	}
+	return out
+}
+
+// TestAsymmetricKeysMount mounts a volume under an RSA key of each cloud
+// on a machine allowed to decrypt: init checks that the key decrypts,
+// new files are wrapped with no KMS call, and after a remount every file
+// is read through the key service's decryption.
+func TestAsymmetricKeysMount(t *testing.T) {
+	for _, c := range asymCases(t) {
+		t.Run(c.name, func(t *testing.T) {
+			v := cloudVolume(t, c.uri)
+			if n := c.s.Count(c.cloud, c.decrypt, "ok"); n == 0 {
+				t.Errorf("init did not check that the key decrypts (no %s)", c.decrypt)
+			}
+			v.mount()
+			before := c.s.Count(c.cloud, "", "")
+			const n = 20
+			for i := 0; i < n; i++ {
+				writeFile(t, v.path(fmt.Sprintf("f%02d", i)), pattern(fmt.Sprint(i), 1000+i*977))
+			}
+			if got := c.s.Count(c.cloud, "", "") - before; got != 0 {
+				t.Errorf("creating %d files made %d KMS requests, want 0 (wrapped under the public key)", n, got)
+			}
+			decrypts := c.s.Count(c.cloud, c.decrypt, "ok")
+			v.remount()
+			for i := 0; i < n; i++ {
+				checkContent(t, v.path(fmt.Sprintf("f%02d", i)), pattern(fmt.Sprint(i), 1000+i*977), v.blockSize)
+			}
+			if c.s.Count(c.cloud, c.decrypt, "ok") == decrypts {
+				t.Errorf("the files were read without a %s", c.decrypt)
+			}
+		})
+	}
+}
+
+// TestAsymmetricInitRefusesUndecryptable: on a machine whose credentials
+// cannot decrypt with the key, init without --write-only fails before
+// making the volume, and says so.
+func TestAsymmetricInitRefusesUndecryptable(t *testing.T) {
+	e := startCloudEmulator(t)
+	k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := "tencent-kms+rsa://ap-guangzhou/" + k.ID + "?endpoint=" + e.s.URL()
+	pub, _ := e.s.PublicKeyPEM(k.ID)
+	v := newVolume(t, notMounted())
+	os.RemoveAll(v.cipherDir)
+	os.Mkdir(v.cipherDir, 0o700)
+	pemPath := filepath.Join(v.dir, "pub.pem")
+	os.WriteFile(pemPath, pub, 0o644)
+	setCloudEnv(t, "wrong", "wrong", "wrong")
+	r := v.kmsfs("init", "--key", uri, "--public-key", pemPath, v.cipherDir)
+	if r.code != exitNoKey || !strings.Contains(r.stderr, "--write-only") {
+		t.Errorf("%v\nwant exit %d and a hint at --write-only", r, exitNoKey)
+	}
+	if ents, _ := os.ReadDir(v.cipherDir); len(ents) != 0 {
+		t.Errorf("a refused init left %d entries in the cipher dir", len(ents))
+	}
+	// A symmetric key named as asymmetric is refused as well.
+	_, symURI := e.key(t, kmsemu.Tencent)
+	setCloudEnv(t, cloudAliSecret, cloudTcSecret, cloudHwSK)
+	r = v.kmsfs("init", "--key", strings.Replace(symURI, "tencent-kms://", "tencent-kms+rsa://", 1), v.cipherDir)
+	if r.code == exitOK || !strings.Contains(r.stderr, "not an asymmetric") {
+		t.Errorf("%v\nwant a symmetric key named +rsa refused as not asymmetric", r)
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -123,6 +124,11 @@ func runInit(args []string) int {
 		}
 	}
 	res := keyring.NewResolver(newRegistry(), opts)
+	if !*writeOnly {
+		if err := probeAsymmetric(res, keys); err != nil {
+			return errorf(exitCode(err), "%v", err)
+		}
+	}
 	if *strict {
 		*reuseFiles = 1
 	}
@@ -187,6 +193,41 @@ func publicKeyFlags(flags []string, keys []string) (map[string][]byte, error) {
 		out[uri] = b
 	}
 	return out, nil
+}
+
+// probeAsymmetric wraps a throw-away key under each asymmetric key and has
+// the key service unwrap it (one call each), before the volume exists: a
+// key that hands out a public key but does not decrypt (a signing key, or
+// credentials without the decrypt permission) would otherwise make every
+// file unreadable.
+func probeAsymmetric(res *keyring.Resolver, keys []string) error {
+	encCtx := volume.EncryptionContext(strings.Repeat("0", 32))
+	for _, k := range keys {
+		if !pubkey.IsURI(k) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		kr, err := res.Get(ctx, k)
+		var dk, back *keyring.Key
+		var w []byte
+		if err == nil {
+			dk, w, err = kr.GenerateDataKey(ctx, encCtx)
+		}
+		if err == nil {
+			back, err = kr.Unwrap(ctx, w, encCtx)
+		}
+		cancel()
+		same := err == nil && bytes.Equal(dk.Bytes(), back.Bytes())
+		dk.Destroy()
+		back.Destroy()
+		if err != nil {
+			return fmt.Errorf("key %s: a test key wrapped under its public key did not come back from the key service (for a machine that only writes, use --write-only): %w", keyring.RedactURI(k), err)
+		}
+		if !same {
+			return fmt.Errorf("key %s: %w: the key service returned another key than the one wrapped", keyring.RedactURI(k), keyring.ErrUnwrap)
+		}
+	}
+	return nil
 }
 
 // writeOnlyKeys checks that every key is asymmetric and returns the
