@@ -41,21 +41,32 @@ type provider struct {
 	cloud  kmsemu.Cloud
 	region string // region, or instance ID
 	uri    func(emu *kmsemu.Server, k kmsemu.Key) string
+	// spec makes the keys asymmetric (kmsemu.RSASpecs); writeOnly has a
+	// write-only machine (public key only, no credential) create the
+	// files, and another machine, which may decrypt, read and rewrap them.
+	spec      string
+	writeOnly bool
 }
 
 var providers = []provider{
 	{"alibaba-kms", kmsemu.Alibaba, "cn-hangzhou", func(emu *kmsemu.Server, k kmsemu.Key) string {
 		return "alibaba-kms://" + k.Region + "/" + k.ID + "?endpoint=" + emu.URL()
-	}},
+	}, "", false},
 	{"alibaba-kms-instance", kmsemu.AlibabaInstance, "kst-keylife", func(emu *kmsemu.Server, k kmsemu.Key) string {
 		return "alibaba-kms-instance://" + emu.TLSAddr() + "/" + k.ID
-	}},
+	}, "", false},
 	{"tencent-kms", kmsemu.Tencent, "ap-guangzhou", func(emu *kmsemu.Server, k kmsemu.Key) string {
 		return "tencent-kms://" + k.Region + "/" + k.ID + "?endpoint=" + emu.URL()
-	}},
+	}, "", false},
 	{"huawei-kms", kmsemu.Huawei, "cn-north-4", func(emu *kmsemu.Server, k kmsemu.Key) string {
 		return "huawei-kms://" + k.Region + "/" + k.ID + "?project=" + hwProject + "&endpoint=" + emu.URL()
-	}},
+	}, "", false},
+	{"tencent-kms+rsa", kmsemu.Tencent, "ap-guangzhou", func(emu *kmsemu.Server, k kmsemu.Key) string {
+		return "tencent-kms+rsa://" + k.Region + "/" + k.ID + "?endpoint=" + emu.URL()
+	}, "RSA_2048", false},
+	{"tencent-kms+rsa write-only", kmsemu.Tencent, "ap-guangzhou", func(emu *kmsemu.Server, k kmsemu.Key) string {
+		return "tencent-kms+rsa://" + k.Region + "/" + k.ID + "?endpoint=" + emu.URL()
+	}, "RSA_2048", true},
 }
 
 type phase struct {
@@ -69,7 +80,7 @@ func main() {
 	latency := flag.Duration("latency", 20*time.Millisecond, "KMS latency to compare against none")
 	bin := flag.String("kmsfs", "bin/kmsfs", "kmsfs binary")
 	reps := flag.Int("reps", 2, "repetitions of each latency (the fastest counts)")
-	which := flag.String("providers", "alibaba-kms,alibaba-kms-instance,tencent-kms,huawei-kms", "providers to measure, comma-separated")
+	which := flag.String("providers", "alibaba-kms,alibaba-kms-instance,tencent-kms,huawei-kms,tencent-kms+rsa,tencent-kms+rsa write-only", "providers to measure, comma-separated")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -156,7 +167,7 @@ func setEnv(emu *kmsemu.Server) error {
 
 func run(emu *kmsemu.Server, p provider, bin string, n int, lat time.Duration) []phase {
 	emu.ClearFaults()
-	spec := kmsemu.KeySpec{Cloud: p.cloud, Region: p.region}
+	spec := kmsemu.KeySpec{Cloud: p.cloud, Region: p.region, Spec: p.spec}
 	if p.cloud == kmsemu.Huawei {
 		spec.Project = hwProject
 	}
@@ -177,13 +188,38 @@ func run(emu *kmsemu.Server, p provider, bin string, n int, lat time.Duration) [
 	cipher, mnt := filepath.Join(dir, "cipher"), filepath.Join(dir, "mnt")
 	os.Mkdir(cipher, 0o700)
 	os.Mkdir(mnt, 0o700)
+	// The writing machine and the reading one have trust stores of their
+	// own; unless the provider is write-only they are the same.
+	writer, reader := filepath.Join(dir, "writer"), filepath.Join(dir, "reader")
+	if !p.writeOnly {
+		reader = writer
+	}
+	home := writer
 	kmsfs := func(args ...string) {
-		out, err := exec.Command(bin, args...).CombinedOutput()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"))
+		if home == writer && p.writeOnly {
+			// The write-only machine holds no credential at all.
+			cmd.Env = append(cmd.Env, "TENCENTCLOUD_SECRET_ID=", "TENCENTCLOUD_SECRET_KEY=")
+		}
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			log.Fatalf("kmsfs %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	kmsfs("init", "--key", uri(keyA), cipher)
+	if p.writeOnly {
+		pub, err := emu.PublicKeyPEM(keyA.ID)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pemFile := filepath.Join(dir, "public.pem")
+		if err := os.WriteFile(pemFile, pub, 0o644); err != nil {
+			log.Fatal(err)
+		}
+		kmsfs("init", "--write-only", "--key", uri(keyA), "--public-key", pemFile, cipher)
+	} else {
+		kmsfs("init", "--key", uri(keyA), cipher)
+	}
 	if lat > 0 {
 		emu.SetFaults(kmsemu.Fault{Latency: kmsemu.Duration(lat)})
 	}
@@ -208,6 +244,10 @@ func run(emu *kmsemu.Server, p provider, bin string, n int, lat time.Duration) [
 		}
 	})
 	kmsfs("umount", mnt)
+	if home != reader {
+		home = reader
+		kmsfs("trust", "--yes", cipher)
+	}
 	measure("mount and read all", func() {
 		kmsfs("mount", cipher, mnt)
 		for i := 0; i < n; i++ {
