@@ -209,16 +209,17 @@ func TestWriteOnlyMount(t *testing.T) {
 	checkContent(t, rd.path(unread), want[unread], bs)
 }
 
-// asymCase is an RSA key in one cloud of the emulators: its +rsa URI,
-// the emulator that holds it and the name of its decrypt action.
+// asymCase is an RSA or SM2 key in one cloud of the emulators: its +rsa
+// or +sm2 URI, the emulator that holds it and the name of its decrypt
+// action.
 type asymCase struct {
 	name, uri, keyID, decrypt string
 	cloud                     kmsemu.Cloud
 	s                         *kmsemu.Server
 }
 
-// asymCases creates an RSA key in each cloud that has asymmetric
-// decryption (Tencent, Huawei, an Alibaba KMS instance).
+// asymCases creates an RSA key and an SM2 key in each cloud that has
+// asymmetric decryption (Tencent, Huawei, an Alibaba KMS instance).
 func asymCases(t *testing.T) []asymCase {
 	t.Helper()
 	inst, _, _ := instXStart(t)
@@ -227,13 +228,17 @@ func asymCases(t *testing.T) []asymCase {
 	for _, c := range []struct {
 		cloud          kmsemu.Cloud
 		s              *kmsemu.Server
-		region, action string
+		region, spec   string
+		suffix, action string
 	}{
-		{kmsemu.Tencent, e.s, "ap-guangzhou", "AsymmetricRsaDecrypt"},
-		{kmsemu.Huawei, e.s, "cn-north-4", "decrypt-data"},
-		{kmsemu.AlibabaInstance, inst, "kst-mount-test", "Decrypt"},
+		{kmsemu.Tencent, e.s, "ap-guangzhou", "RSA_3072", "+rsa", "AsymmetricRsaDecrypt"},
+		{kmsemu.Huawei, e.s, "cn-north-4", "RSA_3072", "+rsa", "decrypt-data"},
+		{kmsemu.AlibabaInstance, inst, "kst-mount-test", "RSA_3072", "+rsa", "Decrypt"},
+		{kmsemu.Tencent, e.s, "ap-guangzhou", "SM2", "+sm2", "AsymmetricSm2Decrypt"},
+		{kmsemu.Huawei, e.s, "cn-north-4", "SM2", "+sm2", "decrypt-data"},
+		{kmsemu.AlibabaInstance, inst, "kst-mount-test", "EC_SM2", "+sm2", "Decrypt"},
 	} {
-		spec := kmsemu.KeySpec{Cloud: c.cloud, Region: c.region, Spec: "RSA_3072"}
+		spec := kmsemu.KeySpec{Cloud: c.cloud, Region: c.region, Spec: c.spec}
 		if c.cloud == kmsemu.Huawei {
 			spec.Project = cloudHwProject
 		}
@@ -244,21 +249,25 @@ func asymCases(t *testing.T) []asymCase {
 		var uri string
 		switch c.cloud {
 		case kmsemu.Tencent:
-			uri = "tencent-kms+rsa://" + c.region + "/" + k.ID + "?endpoint=" + e.s.URL()
+			uri = "tencent-kms" + c.suffix + "://" + c.region + "/" + k.ID + "?endpoint=" + e.s.URL()
 		case kmsemu.Huawei:
-			uri = "huawei-kms+rsa://" + c.region + "/" + k.ID + "?project=" + cloudHwProject + "&endpoint=" + e.s.URL()
+			uri = "huawei-kms" + c.suffix + "://" + c.region + "/" + k.ID + "?project=" + cloudHwProject + "&endpoint=" + e.s.URL()
 		default:
-			uri = "alibaba-kms-instance+rsa://" + inst.TLSAddr() + "/" + k.ID
+			uri = "alibaba-kms-instance" + c.suffix + "://" + inst.TLSAddr() + "/" + k.ID
 		}
-		out = append(out, asymCase{name: string(c.cloud), uri: uri, keyID: k.ID, decrypt: c.action, cloud: c.cloud, s: c.s})
+		name := string(c.cloud)
+		if c.suffix == "+sm2" {
+			name += "-sm2"
+		}
+		out = append(out, asymCase{name: name, uri: uri, keyID: k.ID, decrypt: c.action, cloud: c.cloud, s: c.s})
 	}
 	return out
 }
 
-// TestAsymmetricKeysMount mounts a volume under an RSA key of each cloud
-// on a machine allowed to decrypt: init checks that the key decrypts,
-// new files are wrapped with no KMS call, and after a remount every file
-// is read through the key service's decryption.
+// TestAsymmetricKeysMount mounts a volume under an RSA key and an SM2
+// key of each cloud on a machine allowed to decrypt: init checks that
+// the key decrypts, new files are wrapped with no KMS call, and after a
+// remount every file is read through the key service's decryption.
 func TestAsymmetricKeysMount(t *testing.T) {
 	for _, c := range asymCases(t) {
 		t.Run(c.name, func(t *testing.T) {

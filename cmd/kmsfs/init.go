@@ -42,9 +42,10 @@ Options:
                               attributes in clear in the backing directory
                               (by default they are encrypted)
         --public-key [URI=]F  the public key (PEM) of an asymmetric --key
-                              (SCHEME+rsa://...); URI= may be left out when
-                              there is one such key. Without it the public
-                              key is fetched from the key service once
+                              (SCHEME+rsa:// or SCHEME+sm2://); URI= may be
+                              left out when there is one such key. Without
+                              it the public key is fetched from the key
+                              service once
         --write-only          this machine holds public keys only: it
                               writes new files and never reads others (every
                               --key must be asymmetric). Its mounts call no
@@ -181,7 +182,7 @@ func publicKeyFlags(flags []string, keys []string) (map[string][]byte, error) {
 			uri, file = asym[0], f
 		}
 		if !slices.Contains(asym, uri) {
-			return nil, fmt.Errorf("--public-key: %s is not one of the asymmetric (SCHEME+rsa://) keys given with --key", keyring.RedactURI(uri))
+			return nil, fmt.Errorf("--public-key: %s is not one of the asymmetric (SCHEME+rsa:// or SCHEME+sm2://) keys given with --key", keyring.RedactURI(uri))
 		}
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -237,7 +238,7 @@ func writeOnlyKeys(keys []string, pubs map[string][]byte) (map[string][]byte, er
 	reg := newRegistry()
 	for _, k := range keys {
 		if !pubkey.IsURI(k) {
-			return nil, fmt.Errorf("--write-only: %w: %s is not an asymmetric key (SCHEME+rsa://...): a write-only machine must hold public keys only", keyring.ErrBadURI, keyring.RedactURI(k))
+			return nil, fmt.Errorf("--write-only: %w: %s is not an asymmetric key (SCHEME+rsa:// or SCHEME+sm2://): a write-only machine must hold public keys only", keyring.ErrBadURI, keyring.RedactURI(k))
 		}
 		if pubs[k] != nil {
 			continue

@@ -2,7 +2,6 @@ package huawei
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"github.com/huaweicloud/huaweicloud-sdk-go-v3/services/kms/v2/model"
 
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/cloud"
 	"github.com/kmsfs/kmsfs/keyring/pubkey"
 )
 
@@ -22,10 +22,32 @@ const (
 	opDecryptData  = "decrypt-data"
 )
 
+// cipher_text is "^[0-9a-zA-Z+/=]{128,5648}$" (the SDK's model): the
+// base64 of 96 to 4236 bytes. Every RSA ciphertext kmsfs sends fits, and
+// so does every SM2 one (at least 108 bytes).
+const (
+	minCipherText = 96
+	maxCipherText = 4236
+)
+
+// hintAsym says which key each scheme names, for a key of the wrong kind.
+const hintAsym = "the key is not an ENCRYPT_DECRYPT key of the kind the scheme names: an RSA key (key_spec RSA_*) is named " +
+	Scheme + pubkey.Suffix + "://REGION/KEYID?project=PROJECT_ID, an SM2 key (key_spec SM2) " + Scheme + pubkey.SuffixSM2 +
+	"://REGION/KEYID?project=PROJECT_ID, a symmetric key " + Scheme + "://REGION/KEYID?project=PROJECT_ID"
+
 // AsymKey is a Huawei Cloud KMS asymmetric key (key_spec RSA_2048,
-// RSA_3072 or RSA_4096, key_usage ENCRYPT_DECRYPT), used by the
-// Scheme+"+rsa" keyrings of package keyring/pubkey. It is safe for
-// concurrent use.
+// RSA_3072, RSA_4096 or SM2, key_usage ENCRYPT_DECRYPT), used by the
+// Scheme+"+rsa" and Scheme+"+sm2" keyrings of package keyring/pubkey. It
+// is safe for concurrent use.
+//
+// SM2: decrypt-data with encryption_algorithm SM2_ENCRYPT is sent the DER
+// SM2Cipher of GM/T 0009 (C1C3C2) that public-key slots store, as it is.
+// Huawei does not document the encoding it takes; the DER form is what
+// its encrypt-data answers for SM2 keys ("HUAWEI Cloud KMS (DEW) sm2
+// encryption result is ASN.1 encoding format", github.com/emmansun/gmsm
+// issue 9, 2021), and decrypt-data takes back what encrypt-data makes.
+// The public key of an SM2 key is taken as get-publickey answers it, PEM
+// or base64 of a SubjectPublicKeyInfo, as for RSA keys.
 type AsymKey struct {
 	k *Keyring
 }
@@ -43,12 +65,13 @@ func OpenAsymmetric(ctx context.Context, u *url.URL) (*AsymKey, error) {
 	return &AsymKey{k: k}, nil
 }
 
-// URI returns the key URI (in Scheme, not Scheme+"+rsa").
+// URI returns the key URI (in Scheme, not Scheme+"+rsa" or "+sm2").
 func (a *AsymKey) URI() string { return a.k.URI() }
 
 // PublicKey fetches the key's public key with get-publickey and returns
-// it as a DER SubjectPublicKeyInfo. A key whose public key is not an RSA
-// key kmsfs can use is reported as keyring.ErrNotAsymmetric.
+// it as a DER SubjectPublicKeyInfo. A key whose public key is neither an
+// RSA key kmsfs can use nor an SM2 key is reported as
+// keyring.ErrNotAsymmetric.
 func (a *AsymKey) PublicKey(ctx context.Context) ([]byte, error) {
 	var resp *model.ShowPublicKeyResponse
 	err := a.k.call(ctx, opGetPublicKey, func(c *kms.KmsClient) error {
@@ -57,7 +80,7 @@ func (a *AsymKey) PublicKey(ctx context.Context) ([]byte, error) {
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, asymHints(err)
 	}
 	if id := str(resp.KeyId); id != "" && id != a.k.uri.Key {
 		return nil, a.k.malformed(opGetPublicKey, "answer names key "+id)
@@ -68,9 +91,11 @@ func (a *AsymKey) PublicKey(ctx context.Context) ([]byte, error) {
 	}
 	pub, err := pubkey.ParsePublicKey(raw)
 	if err != nil {
-		return nil, a.k.base(opGetPublicKey).With(keyring.ErrNotAsymmetric, "the key's public key: "+err.Error())
+		e := a.k.base(opGetPublicKey).With(keyring.ErrNotAsymmetric, "the key's public key: "+err.Error())
+		e.Hint = hintAsym
+		return nil, e
 	}
-	der, err := x509.MarshalPKIXPublicKey(pub)
+	der, err := pubkey.MarshalPublicKey(pub)
 	if err != nil {
 		return nil, a.k.malformed(opGetPublicKey, "public key: "+err.Error())
 	}
@@ -94,29 +119,46 @@ func publicKeyBytes(s string) ([]byte, error) {
 	return der, nil
 }
 
-// DecryptOAEP has KMS decrypt ciphertext with decrypt-data,
-// RSAES_OAEP_SHA_256. The caller clears the returned plaintext. A
-// ciphertext the key does not decrypt is keyring.ErrUnwrap; a key that is
-// not an RSA decryption key is keyring.ErrNotAsymmetric.
-func (a *AsymKey) DecryptOAEP(ctx context.Context, ciphertext []byte) ([]byte, error) {
-	if n := len(ciphertext); n < pubkey.MinBits/8 || n > pubkey.MaxBits/8 {
-		return nil, a.k.base(opDecryptData).With(keyring.ErrUnwrap, fmt.Sprintf("ciphertext of %d bytes: want %d to %d", n, pubkey.MinBits/8, pubkey.MaxBits/8))
+// Decrypt has KMS decrypt ciphertext with decrypt-data:
+// encryption_algorithm RSAES_OAEP_SHA_256 for keyring.RSAOAEPSHA256,
+// SM2_ENCRYPT for keyring.SM2 (the DER ciphertext as it is). The caller
+// clears the returned plaintext. A ciphertext the key does not decrypt
+// is keyring.ErrUnwrap; a key that is not a decryption key of alg's kind
+// is keyring.ErrNotAsymmetric.
+func (a *AsymKey) Decrypt(ctx context.Context, alg keyring.AsymAlg, ciphertext []byte) ([]byte, error) {
+	algs := model.GetDecryptDataRequestBodyEncryptionAlgorithmEnum()
+	var ea model.DecryptDataRequestBodyEncryptionAlgorithm
+	switch alg {
+	case keyring.RSAOAEPSHA256:
+		if n := len(ciphertext); n < pubkey.MinBits/8 || n > pubkey.MaxBits/8 {
+			return nil, a.k.base(opDecryptData).With(keyring.ErrUnwrap, fmt.Sprintf("ciphertext of %d bytes: want %d to %d", n, pubkey.MinBits/8, pubkey.MaxBits/8))
+		}
+		ea = algs.RSAES_OAEP_SHA_256
+	case keyring.SM2:
+		if _, err := pubkey.SM2Plain(ciphertext); err != nil {
+			return nil, a.k.base(opDecryptData).With(keyring.ErrUnwrap, fmt.Sprintf("a ciphertext of %d bytes is not a DER SM2 ciphertext", len(ciphertext)))
+		}
+		ea = algs.SM2_ENCRYPT
+	default:
+		return nil, a.k.base(opDecryptData).With(keyring.ErrUnwrap, "unsupported algorithm "+alg.String())
+	}
+	if n := len(ciphertext); n < minCipherText || n > maxCipherText {
+		return nil, a.k.base(opDecryptData).With(keyring.ErrUnwrap, fmt.Sprintf("ciphertext of %d bytes: decrypt-data takes %d to %d", n, minCipherText, maxCipherText))
 	}
 	ct := base64.StdEncoding.EncodeToString(ciphertext)
-	alg := model.GetDecryptDataRequestBodyEncryptionAlgorithmEnum().RSAES_OAEP_SHA_256
 	key := a.k.uri.Key
 	var resp *model.DecryptDataResponse
 	err := a.k.call(ctx, opDecryptData, func(c *kms.KmsClient) error {
 		r, err := c.DecryptData(&model.DecryptDataRequest{Body: &model.DecryptDataRequestBody{
 			CipherText:          ct,
-			EncryptionAlgorithm: &alg,
+			EncryptionAlgorithm: &ea,
 			KeyId:               &key,
 		}})
 		resp = r
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, asymHints(err)
 	}
 	if id := str(resp.KeyId); id != "" && id != a.k.uri.Key {
 		return nil, a.k.malformed(opDecryptData, "answer names key "+id)
@@ -135,4 +177,14 @@ func (a *AsymKey) DecryptOAEP(ctx context.Context, ciphertext []byte) ([]byte, e
 		return nil, a.k.malformed(opDecryptData, "plain_text_base64 is not base64")
 	}
 	return pt, nil
+}
+
+// asymHints replaces the hint of classify for a key of the wrong kind,
+// which names RSA keys only, by one that names both kinds.
+func asymHints(err error) error {
+	var ce *cloud.Error
+	if errors.As(err, &ce) && errors.Is(ce.Kind, keyring.ErrNotAsymmetric) {
+		ce.Hint = hintAsym
+	}
+	return err
 }

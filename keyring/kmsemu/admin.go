@@ -10,6 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/emmansun/gmsm/sm2"
+	"github.com/emmansun/gmsm/smx509"
 )
 
 // The admin API, on the same port as the emulated services:
@@ -147,7 +150,8 @@ type state struct {
 type stateKey struct {
 	Key
 	Secret []byte `json:"secret,omitempty"`
-	// Private is an asymmetric key's private key, PKCS #8 DER.
+	// Private is an asymmetric key's private key, PKCS #8 DER (an SM2
+	// key's as id-ecPublicKey on the curve 1.2.156.10197.1.301).
 	Private []byte `json:"private,omitempty"`
 }
 
@@ -173,12 +177,20 @@ func (s *Server) load() error {
 	for _, k := range st.Keys {
 		c := &cmk{Key: k.Key, secret: k.Secret}
 		if k.Spec != "" {
-			p, err := x509.ParsePKCS8PrivateKey(k.Private)
-			rk, ok := p.(*rsa.PrivateKey)
-			if err != nil || !ok || len(k.Secret) != 0 {
+			bits, isSM2, known := specKind(k.Cloud, k.Spec)
+			p, err := smx509.ParsePKCS8PrivateKey(k.Private)
+			rk, isRSA := p.(*rsa.PrivateKey)
+			sk, _ := p.(*sm2.PrivateKey)
+			switch {
+			case err != nil || !known || len(k.Secret) != 0:
+				return fmt.Errorf("kmsemu: state file %s: key %s is malformed", s.cfg.StateFile, k.ID)
+			case isSM2 && sk != nil:
+				c.sm2 = sk
+			case !isSM2 && isRSA && rk.N.BitLen() == bits:
+				c.priv = rk
+			default:
 				return fmt.Errorf("kmsemu: state file %s: key %s is malformed", s.cfg.StateFile, k.ID)
 			}
-			c.priv = rk
 		} else if len(k.Secret) != 32 {
 			return fmt.Errorf("kmsemu: state file %s: key %s is malformed", s.cfg.StateFile, k.ID)
 		}
@@ -206,8 +218,11 @@ func (s *Server) save() error {
 	s.store.mu.Lock()
 	for _, k := range s.store.keys {
 		sk := stateKey{Key: k.snapshot(), Secret: k.secret}
-		if k.priv != nil {
+		switch {
+		case k.priv != nil:
 			sk.Private, _ = x509.MarshalPKCS8PrivateKey(k.priv)
+		case k.sm2 != nil:
+			sk.Private, _ = smx509.MarshalPKCS8PrivateKey(k.sm2)
 		}
 		st.Keys = append(st.Keys, sk)
 	}

@@ -53,7 +53,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -360,10 +359,10 @@ func (s *Server) PublicKeyPEM(keyID string) ([]byte, error) {
 	if k == nil {
 		return nil, fmt.Errorf("kmsemu: %w", errNoKey)
 	}
-	if k.priv == nil {
+	if !k.asymmetric() {
 		return nil, fmt.Errorf("kmsemu: key %s: %w", keyID, errUsage)
 	}
-	der, err := x509.MarshalPKIXPublicKey(&k.priv.PublicKey)
+	der, err := k.publicKeyDER()
 	if err != nil {
 		return nil, err
 	}

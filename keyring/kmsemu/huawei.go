@@ -22,28 +22,32 @@ import (
 //
 // Actions: create-datakey, encrypt-datakey, decrypt-datakey (symmetric
 // keys) and get-publickey, decrypt-data (asymmetric keys, KeySpec.Spec one
-// of RSASpecs):
+// of RSASpecs or key_spec "SM2"):
 //
 //	get-publickey  {"key_id"} -> {"key_id", "public_key"}, public_key the
 //	               PEM ("-----BEGIN PUBLIC KEY-----") of the DER
-//	               SubjectPublicKeyInfo
+//	               SubjectPublicKeyInfo (an SM2 key's with id-ecPublicKey
+//	               and the curve 1.2.156.10197.1.301)
 //	decrypt-data   {"key_id", "cipher_text", "encryption_algorithm":
-//	               "RSAES_OAEP_SHA_256"} -> {"key_id", "plain_text",
-//	               "plain_text_base64"}, cipher_text the base64 of the RSA
-//	               ciphertext (the SDK's pattern ^[0-9a-zA-Z+/=]{128,5648}$),
-//	               plain_text the plaintext as a string (lossy for binary
-//	               plaintexts, as the service documents) and
-//	               plain_text_base64 its base64
+//	               "RSAES_OAEP_SHA_256" or "SM2_ENCRYPT"} -> {"key_id",
+//	               "plain_text", "plain_text_base64"}, cipher_text the
+//	               base64 of the RSA ciphertext or of the DER SM2Cipher of
+//	               GM/T 0009 (the form encrypt-data answers for SM2 keys;
+//	               the plain C1C3C2 encoding does not decrypt), in the SDK's
+//	               pattern ^[0-9a-zA-Z+/=]{128,5648}$, plain_text the
+//	               plaintext as a string (lossy for binary plaintexts, as
+//	               the service documents) and plain_text_base64 its base64
 //
-// decrypt-data decrypts RSAES_OAEP_SHA_256 only: SYMMETRIC_DEFAULT (the
-// emulator has no encrypt-data), SM2_ENCRYPT and unknown algorithms are
-// refused. Where the service's codes for these cases are not documented,
-// the emulator's choices are:
+// decrypt-data decrypts RSAES_OAEP_SHA_256 with RSA keys and SM2_ENCRYPT
+// with SM2 keys only: SYMMETRIC_DEFAULT (the emulator has no
+// encrypt-data) and unknown algorithms are refused. Where the service's
+// codes for these cases are not documented, the emulator's choices are:
 //
 //	400 KMS.0308 key of the wrong kind (a symmetric key for get-publickey or
-//	             decrypt-data, an RSA key for the data key calls), or an
-//	             encryption_algorithm not emulated ("Invalid XXX", the
-//	             documented generic code)
+//	             decrypt-data, an SM2 key with RSAES_OAEP_SHA_256 or an RSA
+//	             key with SM2_ENCRYPT, an asymmetric key for the data key
+//	             calls), or an encryption_algorithm not emulated ("Invalid
+//	             XXX", the documented generic code)
 //	400 KMS.2201 cipher_text not base64 of the right form, or not
 //	             decrypting under the key (as decrypt-datakey answers)
 
@@ -332,8 +336,8 @@ func (s *Server) huaweiAsym(project, action string, body []byte) (int, map[strin
 		if req.CipherText == "" {
 			return 0, nil, hwErr(http.StatusBadRequest, "KMS.0204", "Parameters missing in the request message: cipher_text.")
 		}
-		if req.EncryptionAlgorithm != "RSAES_OAEP_SHA_256" {
-			return 0, nil, hwErr(http.StatusBadRequest, "KMS.0308", "Invalid encryption_algorithm: the emulator decrypts RSAES_OAEP_SHA_256 only.")
+		if req.EncryptionAlgorithm != "RSAES_OAEP_SHA_256" && req.EncryptionAlgorithm != "SM2_ENCRYPT" {
+			return 0, nil, hwErr(http.StatusBadRequest, "KMS.0308", "Invalid encryption_algorithm: the emulator decrypts RSAES_OAEP_SHA_256 and SM2_ENCRYPT only.")
 		}
 	}
 	if req.KeyID == "" {
@@ -356,7 +360,13 @@ func (s *Server) huaweiAsym(project, action string, body []byte) (int, map[strin
 	if n := len(req.CipherText); err != nil || n < 128 || n > 5648 || !hwCipherText.MatchString(req.CipherText) {
 		return 0, nil, hwErr(http.StatusBadRequest, "KMS.2201", "cipher_text is invalid: want the base64 of the ciphertext.")
 	}
-	k, pt, err := s.store.decryptOAEP(Huawei, "", project, req.KeyID, ct)
+	var k *cmk
+	var pt []byte
+	if req.EncryptionAlgorithm == "SM2_ENCRYPT" {
+		k, pt, err = s.store.decryptSM2(Huawei, "", project, req.KeyID, ct, sm2DER)
+	} else {
+		k, pt, err = s.store.decryptOAEP(Huawei, "", project, req.KeyID, ct)
+	}
 	if err != nil {
 		return 0, nil, hwAsymErr(err)
 	}
@@ -372,7 +382,7 @@ func (s *Server) huaweiAsym(project, action string, body []byte) (int, map[strin
 func hwAsymErr(err error) *hwError {
 	switch err {
 	case errUsage:
-		return hwErr(http.StatusBadRequest, "KMS.0308", "Invalid key_id: the key is not an asymmetric ENCRYPT_DECRYPT key.")
+		return hwErr(http.StatusBadRequest, "KMS.0308", "Invalid key_id: the key is not an asymmetric ENCRYPT_DECRYPT key (of the kind encryption_algorithm needs).")
 	case errAuth:
 		return hwErr(http.StatusBadRequest, "KMS.2201", "cipher_text is invalid or was not made by this key.")
 	case errNoKey, errNoAlias, errDisabled, errPending:

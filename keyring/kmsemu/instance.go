@@ -35,11 +35,17 @@ import (
 // it: POST / with a protobuf body, RSA-signed headers.
 //
 // Symmetric keys serve GenerateDataKey, Encrypt, Decrypt and their
-// Advance forms (AES_GCM). RSA keys (KeySpec.Spec) serve GetPublicKey
-// (the SubjectPublicKeyInfo as a PEM "PUBLIC KEY") and Decrypt with
-// Algorithm RSAES_OAEP_SHA_256 (the CiphertextBlob is the raw RSA
-// ciphertext); the instance's other asymmetric algorithms are refused
-// with InvalidParameter, and a key used against its kind with
+// Advance forms (AES_GCM). RSA keys (KeySpec.Spec one of RSASpecs) and
+// SM2 keys (KeySpec.Spec EC_SM2) serve GetPublicKey (the
+// SubjectPublicKeyInfo as a PEM "PUBLIC KEY"; an SM2 key's with
+// id-ecPublicKey and the curve 1.2.156.10197.1.301) and Decrypt: with
+// Algorithm RSAES_OAEP_SHA_256 for RSA keys (the CiphertextBlob is the
+// raw RSA ciphertext), SM2PKE for SM2 keys (the CiphertextBlob is the
+// plain encoding 0x04 || x || y || C3 || C2; the DER SM2Cipher does not
+// decrypt). The instance's other asymmetric algorithms are refused with
+// InvalidParameter, and a key used against its kind (a symmetric key
+// with an asymmetric algorithm, an SM2 key with RSAES_OAEP_SHA_256, an
+// RSA key with SM2PKE, an asymmetric key with AES_GCM) with
 // UnsupportedOperation.
 
 const (
@@ -48,6 +54,7 @@ const (
 	instContentType  = "application/x-protobuf"
 	instAlgorithm    = "AES_GCM"
 	instOAEP         = "RSAES_OAEP_SHA_256"
+	instSM2          = "SM2PKE"
 	instMaxBody      = 1 << 20
 	instMaxPlaintext = 6 * 1024
 )
@@ -322,7 +329,7 @@ func (s *Server) instance(r *http.Request, action, reqID string) (proto.Message,
 			return nil, err
 		}
 		if instAsymmetric(req.Algorithm) {
-			k, pt, err := s.instDecryptOAEP(req.KeyId, req.Algorithm, req.CiphertextBlob, req.Aad, req.Iv)
+			k, pt, err := s.instDecryptAsym(req.KeyId, req.Algorithm, req.CiphertextBlob, req.Aad, req.Iv)
 			if err != nil {
 				return nil, err
 			}
@@ -460,8 +467,8 @@ func (s *Server) instResolve(ref string) (*cmk, *instError) {
 	return k, nil
 }
 
-// instPublicKey returns the DER SubjectPublicKeyInfo of the RSA key ref
-// names.
+// instPublicKey returns the DER SubjectPublicKeyInfo of the asymmetric
+// key ref names.
 func (s *Server) instPublicKey(ref string) (*cmk, []byte, *instError) {
 	k, ierr := s.instResolve(ref)
 	if ierr != nil {
@@ -474,14 +481,15 @@ func (s *Server) instPublicKey(ref string) (*cmk, []byte, *instError) {
 	return k, der, nil
 }
 
-// instDecryptOAEP decrypts blob, an RSAES-OAEP (SHA-256) ciphertext, with
-// the RSA key ref names.
-func (s *Server) instDecryptOAEP(ref, alg string, blob, aad, iv []byte) (*cmk, []byte, *instError) {
-	if alg != instOAEP {
-		return nil, nil, instInvalid("The Algorithm %q is not supported by the emulator for asymmetric keys; it does %s only.", alg, instOAEP)
+// instDecryptAsym decrypts blob with the asymmetric key ref names: an
+// RSAES-OAEP (SHA-256) ciphertext with an RSA key, an SM2 one in the
+// plain encoding with an SM2 key.
+func (s *Server) instDecryptAsym(ref, alg string, blob, aad, iv []byte) (*cmk, []byte, *instError) {
+	if alg != instOAEP && alg != instSM2 {
+		return nil, nil, instInvalid("The Algorithm %q is not supported by the emulator for asymmetric keys; it does %s and %s only.", alg, instOAEP, instSM2)
 	}
 	if len(aad) != 0 || len(iv) != 0 {
-		return nil, nil, instInvalid("The Aad and Iv are for symmetric keys; %s takes neither.", instOAEP)
+		return nil, nil, instInvalid("The Aad and Iv are for symmetric keys; %s takes neither.", alg)
 	}
 	if len(blob) == 0 {
 		return nil, nil, instInvalid("The CiphertextBlob is missing.")
@@ -490,10 +498,16 @@ func (s *Server) instDecryptOAEP(ref, alg string, blob, aad, iv []byte) (*cmk, [
 	if ierr != nil {
 		return nil, nil, ierr
 	}
-	k, pt, err := s.store.decryptOAEP(AlibabaInstance, "", "", k.ID, blob)
+	var pt []byte
+	var err error
+	if alg == instSM2 {
+		k, pt, err = s.store.decryptSM2(AlibabaInstance, "", "", k.ID, blob, sm2Plain)
+	} else {
+		k, pt, err = s.store.decryptOAEP(AlibabaInstance, "", "", k.ID, blob)
+	}
 	switch {
 	case err == errAuth:
-		return nil, nil, instInvalid("The CiphertextBlob is invalid: it does not decrypt with key %s and %s.", k.ID, instOAEP)
+		return nil, nil, instInvalid("The CiphertextBlob is invalid: it does not decrypt with key %s and %s.", k.ID, alg)
 	case err != nil:
 		return nil, nil, instStoreErr(err)
 	}

@@ -32,6 +32,8 @@ import (
 	dedicatedkmsopenapiutil "github.com/aliyun/alibabacloud-dkms-gcs-go-sdk/openapi-util"
 	"github.com/aliyun/alibabacloud-dkms-gcs-go-sdk/openapi-util/protobuf/api"
 	dedicatedkmssdk "github.com/aliyun/alibabacloud-dkms-gcs-go-sdk/sdk"
+	"github.com/emmansun/gmsm/sm2"
+	"github.com/emmansun/gmsm/smx509"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kmsfs/kmsfs/keyring/kmsemu"
@@ -604,6 +606,12 @@ func TestInstanceStateFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	ct := encryptOAEP(t, pub, []byte("kept"))
+	sm2K, err := s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: instID, Spec: "EC_SM2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sm2Pub := pemClient(t, s, instClientKeyID, rsaKey(0)).getSM2PublicKey(t, sm2K.ID)
+	sm2CT := encryptSM2Plain(t, sm2Pub, []byte("kept too"))
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -626,6 +634,12 @@ func TestInstanceStateFile(t *testing.T) {
 	}
 	if d, err := c2.decryptOAEP(rsaK.ID, "RSAES_OAEP_SHA_256", ct); err != nil || string(d.Plaintext) != "kept" {
 		t.Fatalf("Decrypt after a restart = %v, %v, want the message", d, err)
+	}
+	if _, pub2 := c2.getSM2PublicKey(t, sm2K.ID); !pub2.Equal(sm2Pub) {
+		t.Fatal("GetPublicKey of the SM2 key after a restart is another key")
+	}
+	if d, err := c2.decryptOAEP(sm2K.ID, "SM2PKE", sm2CT); err != nil || string(d.Plaintext) != "kept too" {
+		t.Fatalf("SM2PKE Decrypt after a restart = %v, %v, want the message", d, err)
 	}
 
 	// The public key handed out is the state file's private key's.
@@ -720,6 +734,105 @@ func (c instClient) decryptOAEP(keyID, alg string, blob []byte) (*dedicatedkmssd
 	return c.DecryptWithOptions(&dedicatedkmssdk.DecryptRequest{KeyId: tea.String(keyID), CiphertextBlob: blob, Algorithm: tea.String(alg)}, c.rt)
 }
 
+// getSM2PublicKey calls GetPublicKey of an SM2 key and parses the PEM it
+// returns.
+func (c instClient) getSM2PublicKey(t testing.TB, keyID string) (*dedicatedkmssdk.GetPublicKeyResponse, *ecdsa.PublicKey) {
+	t.Helper()
+	r, err := c.GetPublicKeyWithOptions(&dedicatedkmssdk.GetPublicKeyRequest{KeyId: tea.String(keyID)}, c.rt)
+	if err != nil {
+		t.Fatalf("GetPublicKey(%s) error = %v", keyID, err)
+	}
+	block, rest := pem.Decode([]byte(tea.StringValue(r.PublicKey)))
+	if block == nil || block.Type != "PUBLIC KEY" || len(bytes.TrimSpace(rest)) != 0 {
+		t.Fatalf("GetPublicKey(%s).PublicKey = %q, want one PEM PUBLIC KEY", keyID, tea.StringValue(r.PublicKey))
+	}
+	pub, err := smx509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatalf("GetPublicKey(%s): %v", keyID, err)
+	}
+	ek, ok := pub.(*ecdsa.PublicKey)
+	if !ok || ek.Curve != sm2.P256() {
+		t.Fatalf("GetPublicKey(%s) is a %T, want SM2", keyID, pub)
+	}
+	return r, ek
+}
+
+// encryptSM2Plain encrypts msg under pub in the plain encoding
+// 0x04 || x || y || C3 || C2 the instance takes.
+func encryptSM2Plain(t testing.TB, pub *ecdsa.PublicKey, msg []byte) []byte {
+	t.Helper()
+	ct, err := sm2.Encrypt(rand.Reader, pub, msg, sm2.NewPlainEncrypterOpts(sm2.MarshalUncompressed, sm2.C1C3C2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ct
+}
+
+func TestInstanceSM2(t *testing.T) {
+	s, sym := startInstance(t)
+	c := pemClient(t, s, instClientKeyID, rsaKey(0))
+	key := kmsemutest.CreateKey(t, s, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: instID, Spec: "EC_SM2", Alias: "alias/sm2"})
+	rsaK := kmsemutest.CreateKey(t, s, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: instID, Spec: "RSA_2048"})
+
+	r, pub := c.getSM2PublicKey(t, key.ID)
+	if tea.StringValue(r.KeyId) != key.ID {
+		t.Fatalf("GetPublicKey() = %v, want key %s", r, key.ID)
+	}
+	if want, err := s.PublicKeyPEM(key.ID); err != nil || string(want) != tea.StringValue(r.PublicKey) {
+		t.Fatalf("GetPublicKey() PublicKey = %q, want PublicKeyPEM() %q (%v)", tea.StringValue(r.PublicKey), want, err)
+	}
+	_, rsaPub, err := c.getPublicKey(t, rsaK.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("a data key and its context digest")
+	ct := encryptSM2Plain(t, pub, msg)
+	for _, ref := range []string{key.ID, "alias/sm2"} {
+		d, err := c.decryptOAEP(ref, "SM2PKE", ct)
+		if err != nil {
+			t.Fatalf("Decrypt(%s) error = %v", ref, err)
+		}
+		if !bytes.Equal(d.Plaintext, msg) || tea.StringValue(d.KeyId) != key.ID || tea.StringValue(d.Algorithm) != "SM2PKE" {
+			t.Fatalf("Decrypt(%s) = %v, want the message under %s", ref, d, key.ID)
+		}
+	}
+	der, err := sm2.PlainCiphertext2ASN1(ct, sm2.C1C3C2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1c2c3, err := sm2.AdjustCiphertextSplicingOrder(ct, sm2.C1C3C2, sm2.C1C2C3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	altered := bytes.Clone(ct)
+	altered[len(altered)-3] ^= 1
+	for _, tc := range []struct {
+		name   string
+		call   func() error
+		code   string
+		status int
+	}{
+		{"the DER encoding", func() error { _, err := c.decryptOAEP(key.ID, "SM2PKE", der); return err }, "InvalidParameter", 400},
+		{"C1C2C3", func() error { _, err := c.decryptOAEP(key.ID, "SM2PKE", c1c2c3); return err }, "InvalidParameter", 400},
+		{"altered", func() error { _, err := c.decryptOAEP(key.ID, "SM2PKE", altered); return err }, "InvalidParameter", 400},
+		{"RSAES_OAEP_SHA_256 with an SM2 key", func() error {
+			_, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", encryptOAEP(t, rsaPub, msg))
+			return err
+		}, "UnsupportedOperation", 400},
+		{"SM2PKE with a symmetric key", func() error { _, err := c.decryptOAEP(sym.ID, "SM2PKE", ct); return err }, "UnsupportedOperation", 400},
+		{"AdvanceGenerateDataKey under an SM2 key", func() error { _, err := c.generate(key.ID, nil); return err }, "UnsupportedOperation", 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantSDKErr(t, tc.name, tc.call(), tc.code, tc.status)
+		})
+	}
+	if err := s.DisableKey(key.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.decryptOAEP(key.ID, "SM2PKE", ct)
+	wantSDKErr(t, "SM2PKE Decrypt under a disabled key", err, "Rejected.Disabled", 400)
+}
+
 func encryptOAEP(t testing.TB, pub *rsa.PublicKey, msg []byte) []byte {
 	t.Helper()
 	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, msg, nil)
@@ -783,7 +896,7 @@ func TestInstanceAsymmetric(t *testing.T) {
 	}{
 		{"Decrypt with RSAES_OAEP_SHA_1", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_1", ct); return err }, "InvalidParameter", 400},
 		{"Decrypt with RSAES_PKCS1_V1_5", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_PKCS1_V1_5", ct); return err }, "InvalidParameter", 400},
-		{"Decrypt with SM2PKE", func() error { _, err := c.decryptOAEP(key.ID, "SM2PKE", ct); return err }, "InvalidParameter", 400},
+		{"Decrypt with SM2PKE", func() error { _, err := c.decryptOAEP(key.ID, "SM2PKE", ct); return err }, "UnsupportedOperation", 400},
 		{"Decrypt of an altered ciphertext", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", altered); return err }, "InvalidParameter", 400},
 		{"Decrypt with another RSA key", func() error { _, err := c.decryptOAEP(other.ID, "RSAES_OAEP_SHA_256", ct); return err }, "InvalidParameter", 400},
 		{"Decrypt of a short ciphertext", func() error { _, err := c.decryptOAEP(key.ID, "RSAES_OAEP_SHA_256", ct[:10]); return err }, "InvalidParameter", 400},

@@ -14,6 +14,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/emmansun/gmsm/sm2"
+	"github.com/emmansun/gmsm/smx509"
 )
 
 // Cloud names one of the emulated services.
@@ -56,18 +59,40 @@ type Key struct {
 	// DeletionDate is set while PendingDeletion.
 	DeletionDate time.Time `json:"deletion_date,omitzero"`
 	// Spec is empty for a symmetric key (AES-256, ENCRYPT_DECRYPT) or
-	// names an asymmetric decryption key: one of RSASpecs.
+	// names an asymmetric decryption key: one of RSASpecs, or the cloud's
+	// name in SM2Specs.
 	Spec string `json:"spec,omitempty"`
 }
 
-// RSASpecs are the asymmetric key specs the emulator creates: RSA keys
-// for RSAES-OAEP with SHA-256 (the clouds call them RSA_2048 and so on).
+// RSASpecs are the RSA key specs the emulator creates, for RSAES-OAEP
+// with SHA-256 (the clouds call them RSA_2048 and so on).
 var RSASpecs = map[string]int{"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
+
+// SM2Specs are the names of SM2 decryption keys in the clouds that have
+// them: Tencent's KeyUsage ASYMMETRIC_DECRYPT_SM2 ("SM2" here), Huawei's
+// key_spec SM2 and a KMS instance's KeySpec EC_SM2.
+var SM2Specs = map[Cloud]string{Tencent: "SM2", Huawei: "SM2", AlibabaInstance: "EC_SM2"}
 
 type cmk struct {
 	Key
 	secret []byte          // 32 bytes, symmetric keys only
-	priv   *rsa.PrivateKey // asymmetric keys only
+	priv   *rsa.PrivateKey // RSA keys only
+	sm2    *sm2.PrivateKey // SM2 keys only
+}
+
+// asymmetric reports whether k is an asymmetric (RSA or SM2) key.
+func (k *cmk) asymmetric() bool { return k.priv != nil || k.sm2 != nil }
+
+// specKind tells what spec names in cloud c: an RSA key of bits bits, or
+// an SM2 key; ok is false for a spec the emulator does not create there.
+func specKind(c Cloud, spec string) (bits int, isSM2, ok bool) {
+	if bits, ok := RSASpecs[spec]; ok {
+		return bits, false, true
+	}
+	if n, ok := SM2Specs[c]; ok && n == spec {
+		return 0, true, true
+	}
+	return 0, false, false
 }
 
 // Errors of the key store, mapped to each cloud's codes by the handlers.
@@ -112,8 +137,8 @@ type KeySpec struct {
 	Project string // Huawei: the project the key belongs to
 	ID      string // optional; a random UUID if empty
 	Alias   string // optional, e.g. "alias/backup" (Alibaba)
-	// Spec is empty for a symmetric key, or one of RSASpecs for an
-	// asymmetric decryption key.
+	// Spec is empty for a symmetric key, or names an asymmetric
+	// decryption key: one of RSASpecs, or SM2Specs[Cloud].
 	Spec string
 }
 
@@ -128,13 +153,19 @@ func (s *store) create(spec KeySpec) (Key, error) {
 		return Key{}, errors.New("huawei keys need a project ID")
 	}
 	var priv *rsa.PrivateKey
+	var sm2priv *sm2.PrivateKey
 	if spec.Spec != "" {
-		bits, ok := RSASpecs[spec.Spec]
-		if !ok {
-			return Key{}, fmt.Errorf("unknown key spec %q", spec.Spec)
-		}
+		bits, isSM2, ok := specKind(spec.Cloud, spec.Spec)
 		var err error
-		if priv, err = rsa.GenerateKey(rand.Reader, bits); err != nil {
+		switch {
+		case !ok:
+			return Key{}, fmt.Errorf("unknown key spec %q for %s", spec.Spec, spec.Cloud)
+		case isSM2:
+			sm2priv, err = sm2.GenerateKey(rand.Reader)
+		default:
+			priv, err = rsa.GenerateKey(rand.Reader, bits)
+		}
+		if err != nil {
 			return Key{}, err
 		}
 	}
@@ -148,8 +179,8 @@ func (s *store) create(spec KeySpec) (Key, error) {
 		return Key{}, fmt.Errorf("key %s already exists", id)
 	}
 	k := &cmk{Key: Key{Cloud: spec.Cloud, ID: id, Region: spec.Region, Project: spec.Project, State: Enabled, Spec: spec.Spec}}
-	if priv != nil {
-		k.priv = priv
+	if priv != nil || sm2priv != nil {
+		k.priv, k.sm2 = priv, sm2priv
 	} else {
 		k.secret = make([]byte, 32)
 		_, _ = rand.Read(k.secret)
@@ -246,7 +277,7 @@ func (s *store) usable(k *cmk) error {
 	if err := s.state(k); err != nil {
 		return err
 	}
-	if k.priv != nil {
+	if k.asymmetric() {
 		return errUsage
 	}
 	return nil
@@ -257,7 +288,7 @@ func (s *store) usableAsym(k *cmk) error {
 	if err := s.state(k); err != nil {
 		return err
 	}
-	if k.priv == nil {
+	if !k.asymmetric() {
 		return errUsage
 	}
 	return nil
@@ -275,6 +306,19 @@ func (s *store) state(k *cmk) error {
 	return nil
 }
 
+// publicKeyDER returns the DER SubjectPublicKeyInfo of an asymmetric key:
+// an SM2 key as id-ecPublicKey on the curve 1.2.156.10197.1.301, as the
+// clouds hand it out.
+func (k *cmk) publicKeyDER() ([]byte, error) {
+	switch {
+	case k.priv != nil:
+		return x509.MarshalPKIXPublicKey(&k.priv.PublicKey)
+	case k.sm2 != nil:
+		return smx509.MarshalPKIXPublicKey(&k.sm2.PublicKey)
+	}
+	return nil, errUsage
+}
+
 // publicKey returns the DER SubjectPublicKeyInfo of the asymmetric key a
 // request names. The clouds hand out public keys of enabled keys only.
 func (s *store) publicKey(c Cloud, region, project, ref string) (*cmk, []byte, error) {
@@ -285,12 +329,12 @@ func (s *store) publicKey(c Cloud, region, project, ref string) (*cmk, []byte, e
 	if err := s.usableAsym(k); err != nil {
 		return k, nil, err
 	}
-	der, err := x509.MarshalPKIXPublicKey(&k.priv.PublicKey)
+	der, err := k.publicKeyDER()
 	return k, der, err
 }
 
 // decryptOAEP opens ciphertext, RSAES-OAEP with SHA-256 (and MGF1 with
-// SHA-256, empty label), under the asymmetric key a request names.
+// SHA-256, empty label), under the RSA key a request names.
 func (s *store) decryptOAEP(c Cloud, region, project, ref string, ciphertext []byte) (*cmk, []byte, error) {
 	k, err := s.resolve(c, region, project, ref)
 	if err != nil {
@@ -299,7 +343,54 @@ func (s *store) decryptOAEP(c Cloud, region, project, ref string, ciphertext []b
 	if err := s.usableAsym(k); err != nil {
 		return k, nil, err
 	}
+	if k.priv == nil {
+		return k, nil, errUsage
+	}
 	pt, err := rsa.DecryptOAEP(sha256.New(), nil, k.priv, ciphertext, nil)
+	if err != nil {
+		return k, nil, errAuth
+	}
+	return k, pt, nil
+}
+
+// sm2Encoding is the encoding of SM2 ciphertexts a service takes.
+type sm2Encoding int
+
+const (
+	// sm2DER is the DER SM2Cipher of GM/T 0009 (SEQUENCE of x, y, C3,
+	// C2), which Tencent and Huawei take.
+	sm2DER sm2Encoding = iota
+	// sm2Plain is 0x04 || x || y || C3 || C2, which a KMS instance takes.
+	sm2Plain
+)
+
+// decryptSM2 opens ciphertext, SM2 public key encryption (with SM3) in
+// the encoding enc and no other, under the SM2 key a request names.
+func (s *store) decryptSM2(c Cloud, region, project, ref string, ciphertext []byte, enc sm2Encoding) (*cmk, []byte, error) {
+	k, err := s.resolve(c, region, project, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.usableAsym(k); err != nil {
+		return k, nil, err
+	}
+	if k.sm2 == nil {
+		return k, nil, errUsage
+	}
+	// The SM2 library tells the encodings apart by the first byte: keep
+	// to the one the service takes.
+	var opts *sm2.DecrypterOpts
+	switch {
+	case len(ciphertext) == 0:
+		return k, nil, errAuth
+	case enc == sm2DER && ciphertext[0] == 0x30:
+		opts = sm2.ASN1DecrypterOpts
+	case enc == sm2Plain && ciphertext[0] == 0x04:
+		opts = sm2.NewPlainDecrypterOpts(sm2.C1C3C2)
+	default:
+		return k, nil, errAuth
+	}
+	pt, err := k.sm2.Decrypt(nil, ciphertext, opts)
 	if err != nil {
 		return k, nil, errAuth
 	}

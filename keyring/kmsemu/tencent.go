@@ -19,22 +19,31 @@ import (
 // Tencent Cloud KMS, API version 2019-01-18, TC3-HMAC-SHA256.
 //
 // Actions: GenerateDataKey, Encrypt, Decrypt (symmetric keys) and
-// GetPublicKey, AsymmetricRsaDecrypt (asymmetric keys, KeySpec.Spec one of
-// RSASpecs). GetPublicKey answers KeyId, PublicKey (base64 of the DER
-// SubjectPublicKeyInfo) and PublicKeyPem. AsymmetricRsaDecrypt takes
-// KeyId, Ciphertext (base64) and Algorithm; it decrypts
+// GetPublicKey, AsymmetricRsaDecrypt, AsymmetricSm2Decrypt (asymmetric
+// keys: KeySpec.Spec one of RSASpecs, or "SM2" for a key of KeyUsage
+// ASYMMETRIC_DECRYPT_SM2). GetPublicKey answers KeyId, PublicKey (base64
+// of the DER SubjectPublicKeyInfo; an SM2 key's with id-ecPublicKey and
+// the curve 1.2.156.10197.1.301) and PublicKeyPem. AsymmetricRsaDecrypt
+// takes KeyId, Ciphertext (base64) and Algorithm; it decrypts
 // RSAES_OAEP_SHA_256 only: the service's other algorithms
 // (RSAES_PKCS1_V1_5, RSAES_OAEP_SHA_1) and unknown ones are refused with
-// InvalidParameterValue. Error codes, as the SDK documents them for these
-// actions:
+// InvalidParameterValue. AsymmetricSm2Decrypt takes KeyId and Ciphertext,
+// the base64 of the DER SM2Cipher of GM/T 0009 ("C1C3C2_ASN1", at most 256
+// bytes, as the API reference says); the plain C1C3C2 encoding does not
+// decrypt. Error codes, as the SDK documents them for these actions:
 //
 //	ResourceUnavailable.CmkNotFound        unknown key or alias
 //	ResourceUnavailable.CmkStateNotSupport asymmetric call on a disabled or
 //	                                       pending-deletion key
-//	InvalidParameterValue.InvalidKeyUsage  asymmetric call on a symmetric key,
-//	                                       or symmetric call on an RSA key
+//	InvalidParameterValue.InvalidKeyUsage  asymmetric call on a symmetric key
+//	                                       or on a key of the other kind (an
+//	                                       SM2 key for AsymmetricRsaDecrypt,
+//	                                       an RSA key for AsymmetricSm2Decrypt),
+//	                                       or symmetric call on an
+//	                                       asymmetric key
 //	FailedOperation.DecryptError           a ciphertext that does not decrypt
-//	InvalidParameter                       Ciphertext not base64
+//	InvalidParameter                       Ciphertext not base64, or longer
+//	                                       than 256 bytes (SM2)
 
 type tcError struct{ code, message string }
 
@@ -162,7 +171,7 @@ func (s *Server) tencent(r *http.Request, action string) (map[string]any, *tcErr
 		return nil, tcErr("InvalidParameterValue", "The value of X-TC-Version is not valid.")
 	}
 	switch action {
-	case "GenerateDataKey", "Decrypt", "Encrypt", "GetPublicKey", "AsymmetricRsaDecrypt":
+	case "GenerateDataKey", "Decrypt", "Encrypt", "GetPublicKey", "AsymmetricRsaDecrypt", "AsymmetricSm2Decrypt":
 	default:
 		return nil, tcErr("InvalidAction", "The requested action "+action+" does not exist.")
 	}
@@ -201,7 +210,7 @@ func (s *Server) tencent(r *http.Request, action string) (map[string]any, *tcErr
 		}
 		k, der, err := s.store.publicKey(Tencent, region, "", *req.KeyId)
 		if err != nil {
-			return nil, tcAsymErr(err)
+			return nil, tcAsymErr(err, "ASYMMETRIC_DECRYPT_RSA_* or ASYMMETRIC_DECRYPT_SM2")
 		}
 		return map[string]any{
 			"KeyId":        k.ID,
@@ -210,6 +219,8 @@ func (s *Server) tencent(r *http.Request, action string) (map[string]any, *tcErr
 		}, nil
 	case "AsymmetricRsaDecrypt":
 		return s.tcAsymmetricRsaDecrypt(region, req.KeyId, req.Ciphertext, req.Algorithm)
+	case "AsymmetricSm2Decrypt":
+		return s.tcAsymmetricSm2Decrypt(region, req.KeyId, req.Ciphertext)
 	case "GenerateDataKey":
 		k, terr := s.tcKey(region, req.KeyId)
 		if terr != nil {
@@ -296,14 +307,43 @@ func (s *Server) tcAsymmetricRsaDecrypt(region string, ref, ciphertext, algorith
 	}
 	k, pt, err := s.store.decryptOAEP(Tencent, region, "", *ref, ct)
 	if err != nil {
-		return nil, tcAsymErr(err)
+		return nil, tcAsymErr(err, "ASYMMETRIC_DECRYPT_RSA")
 	}
 	defer clear(pt)
 	return map[string]any{"KeyId": k.ID, "Plaintext": base64.StdEncoding.EncodeToString(pt)}, nil
 }
 
-// tcAsymErr maps a store error of GetPublicKey or AsymmetricRsaDecrypt.
-func tcAsymErr(err error) *tcError {
+// tcMaxSM2Ciphertext is the longest ciphertext AsymmetricSm2Decrypt
+// takes, in bytes.
+const tcMaxSM2Ciphertext = 256
+
+func (s *Server) tcAsymmetricSm2Decrypt(region string, ref, ciphertext *string) (map[string]any, *tcError) {
+	for _, p := range []struct {
+		name string
+		v    *string
+	}{{"KeyId", ref}, {"Ciphertext", ciphertext}} {
+		if p.v == nil || *p.v == "" {
+			return nil, tcErr("MissingParameter", "The request is missing a required parameter `"+p.name+"`.")
+		}
+	}
+	ct, err := base64.StdEncoding.Strict().DecodeString(*ciphertext)
+	if err != nil || len(ct) == 0 {
+		return nil, tcErr("InvalidParameter", "Ciphertext must be base64.")
+	}
+	if len(ct) > tcMaxSM2Ciphertext {
+		return nil, tcErr("InvalidParameter", "The length of the ciphertext cannot exceed 256 bytes.")
+	}
+	k, pt, err := s.store.decryptSM2(Tencent, region, "", *ref, ct, sm2DER)
+	if err != nil {
+		return nil, tcAsymErr(err, "ASYMMETRIC_DECRYPT_SM2")
+	}
+	defer clear(pt)
+	return map[string]any{"KeyId": k.ID, "Plaintext": base64.StdEncoding.EncodeToString(pt)}, nil
+}
+
+// tcAsymErr maps a store error of GetPublicKey, AsymmetricRsaDecrypt or
+// AsymmetricSm2Decrypt; usage is the KeyUsage the call wants.
+func tcAsymErr(err error, usage string) *tcError {
 	switch err {
 	case errNoKey, errNoAlias:
 		return tcErr("ResourceUnavailable.CmkNotFound", "The CMK does not exist.")
@@ -312,7 +352,7 @@ func tcAsymErr(err error) *tcError {
 	case errPending:
 		return tcErr("ResourceUnavailable.CmkStateNotSupport", "The CMK is pending deletion: only an Enabled asymmetric key can be used.")
 	case errUsage:
-		return tcErr("InvalidParameterValue.InvalidKeyUsage", "The CMK's KeyUsage is not ASYMMETRIC_DECRYPT_RSA.")
+		return tcErr("InvalidParameterValue.InvalidKeyUsage", "The CMK's KeyUsage is not "+usage+".")
 	case errAuth:
 		return tcErr("FailedOperation.DecryptError", "Decryption failed.")
 	default:

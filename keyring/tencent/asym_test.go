@@ -3,12 +3,14 @@ package tencent
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"net/url"
 	"os"
@@ -16,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emmansun/gmsm/sm2"
 
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/keyringtest"
@@ -452,23 +456,67 @@ func TestOpenAsymmetric(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg := []byte("a message of any bytes \x00\xff")
-	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, msg, nil)
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub.(*rsa.PublicKey), msg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pt, err := a.DecryptOAEP(ctx, ct)
+	pt, err := a.Decrypt(ctx, keyring.RSAOAEPSHA256, ct)
 	if err != nil || !bytes.Equal(pt, msg) {
-		t.Fatalf("DecryptOAEP() = %v, want the message", err)
+		t.Fatalf("Decrypt(RSA) = %v, want the message", err)
 	}
 	clear(pt)
 	for name, blob := range map[string][]byte{"empty": nil, "short": make([]byte, 100), "too long": make([]byte, pubkey.MaxBits/8+1)} {
 		before := e.calls()
-		if _, err := a.DecryptOAEP(ctx, blob); !errors.Is(err, keyring.ErrUnwrap) {
-			t.Errorf("DecryptOAEP(%s) error = %v, want keyring.ErrUnwrap", name, err)
+		if _, err := a.Decrypt(ctx, keyring.RSAOAEPSHA256, blob); !errors.Is(err, keyring.ErrUnwrap) {
+			t.Errorf("Decrypt(RSA, %s) error = %v, want keyring.ErrUnwrap", name, err)
 		}
 		if e.calls() != before {
-			t.Errorf("DecryptOAEP(%s) called KMS", name)
+			t.Errorf("Decrypt(RSA, %s) called KMS", name)
 		}
+	}
+	if _, err := a.Decrypt(ctx, keyring.AsymAlg(99), ct); !errors.Is(err, keyring.ErrUnwrap) {
+		t.Errorf("Decrypt(an unknown algorithm) error = %v, want keyring.ErrUnwrap", err)
+	}
+
+	// An SM2 key: the DER ciphertext goes as it is.
+	sk := kmsemutest.CreateKey(t, e.s, kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: testRegion, Spec: "SM2"})
+	su, _ := url.Parse(uri(e.s, testRegion, sk.ID))
+	sa, err := OpenAsymmetric(ctx, su)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa.k.policy = fastPolicy
+	sder, err := sa.PublicKey(ctx)
+	if err != nil || !bytes.Equal(sder, emulatorPublicKey(t, e.s, sk.ID)) {
+		t.Fatalf("PublicKey() of an SM2 key = %v, want the emulator key's", err)
+	}
+	spub, err := pubkey.ParsePublicKey(sder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sct, err := sm2.EncryptASN1(rand.Reader, spub.(*ecdsa.PublicKey), msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := sa.Decrypt(ctx, keyring.SM2, sct); err != nil || !bytes.Equal(pt, msg) {
+		t.Fatalf("Decrypt(SM2) = %v, want the message", err)
+	}
+	plain, _ := sm2.ASN1Ciphertext2Plain(sct, nil)
+	for name, blob := range map[string][]byte{"empty": nil, "plain encoding": plain, "trailing byte": append(bytes.Clone(sct), 0)} {
+		before := e.calls()
+		if _, err := sa.Decrypt(ctx, keyring.SM2, blob); !errors.Is(err, keyring.ErrUnwrap) {
+			t.Errorf("Decrypt(SM2, %s) error = %v, want keyring.ErrUnwrap", name, err)
+		}
+		if e.calls() != before {
+			t.Errorf("Decrypt(SM2, %s) called KMS", name)
+		}
+	}
+	// Each algorithm with a key of the other kind.
+	if _, err := sa.Decrypt(ctx, keyring.RSAOAEPSHA256, ct); !errors.Is(err, keyring.ErrNotAsymmetric) {
+		t.Errorf("Decrypt(RSA) with an SM2 key: error = %v, want keyring.ErrNotAsymmetric", err)
+	}
+	if _, err := a.Decrypt(ctx, keyring.SM2, sct); !errors.Is(err, keyring.ErrNotAsymmetric) {
+		t.Errorf("Decrypt(SM2) with an RSA key: error = %v, want keyring.ErrNotAsymmetric", err)
 	}
 
 	// Open refuses what the symmetric Open refuses.
@@ -509,9 +557,159 @@ func TestPublicKeyBytes(t *testing.T) {
 				t.Fatalf("publicKeyBytes() error = %v", err)
 			}
 			pub, err := pubkey.ParsePublicKey(raw)
-			if err != nil || !pub.Equal(&priv.PublicKey) {
+			if err != nil || !priv.PublicKey.Equal(pub) {
 				t.Errorf("ParsePublicKey(publicKeyBytes()) = %v, want the key", err)
 			}
 		})
 	}
+}
+
+// emulatorPublicKey is the DER SubjectPublicKeyInfo of an emulator key,
+// from its store rather than through GetPublicKey.
+func emulatorPublicKey(t *testing.T, s *kmsemu.Server, id string) []byte {
+	t.Helper()
+	p, err := s.PublicKeyPEM(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(p)
+	if blk == nil {
+		t.Fatalf("PublicKeyPEM(%s) is not PEM", id)
+	}
+	return blk.Bytes
+}
+
+func sm2URI(s *kmsemu.Server, region, key string) string {
+	return Scheme + pubkey.SuffixSM2 + "://" + region + "/" + key + "?endpoint=" + url.QueryEscape(s.URL())
+}
+
+// TestAsymSM2 wraps under an SM2 key (tencent-kms+sm2) and unwraps with
+// AsymmetricSm2Decrypt, through the SDK and the emulator.
+func TestAsymSM2(t *testing.T) {
+	e := asymSetup(t)
+	ctx := context.Background()
+	key := kmsemutest.CreateKey(t, e.s, kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: testRegion, Spec: "SM2"})
+	pubDER := emulatorPublicKey(t, e.s, key.ID)
+	u := sm2URI(e.s, testRegion, key.ID)
+	kr := e.openRSA(t, u, keyring.Options{})
+	if kr.Algorithm() != keyring.SM2 || kr.URI() != u {
+		t.Fatalf("Algorithm() = %v, URI() = %q, want SM2 and %q", kr.Algorithm(), kr.URI(), u)
+	}
+	encCtx := keyringtest.EncryptionContext(t)
+	dk, w, err := kr.GenerateDataKey(ctx, encCtx)
+	if err != nil {
+		t.Fatalf("GenerateDataKey() error = %v", err)
+	}
+	defer dk.Destroy()
+	if len(w) > pubkey.MaxSM2Wrapped || w[0] != 0x30 {
+		t.Errorf("wrapped key of %d bytes starting %#x, want a DER SM2 ciphertext", len(w), w[0])
+	}
+	if der, err := kr.PublicKey(ctx); err != nil || !bytes.Equal(der, pubDER) {
+		t.Errorf("PublicKey() = %v, want the emulator key's public key", err)
+	}
+	u2, err := kr.Unwrap(ctx, w, encCtx)
+	if err != nil || !bytes.Equal(u2.Bytes(), dk.Bytes()) {
+		t.Fatalf("Unwrap() = %v, want the data key", err)
+	}
+	u2.Destroy()
+	if n := e.s.Count(kmsemu.Tencent, "AsymmetricSm2Decrypt", "ok"); n != 1 || kr.KMSCalls() != 2 {
+		t.Errorf("AsymmetricSm2Decrypt ok = %d, KMSCalls() = %d, want 1 and 2 (GetPublicKey, one decrypt)", n, kr.KMSCalls())
+	}
+	if k, err := kr.Unwrap(ctx, w, keyringtest.EncryptionContext(t)); !errors.Is(err, keyring.ErrUnwrap) {
+		k.Destroy()
+		t.Errorf("Unwrap with another encryption context error = %v, want keyring.ErrUnwrap", err)
+	}
+
+	t.Run("write-only", func(t *testing.T) {
+		unsetenv(t, "TENCENTCLOUD_SECRET_ID")
+		unsetenv(t, "TENCENTCLOUD_SECRET_KEY")
+		before := e.calls()
+		wo := e.openRSA(t, u, keyring.Options{WriteOnly: true, PublicKeys: map[string][]byte{u: pubkey.PEM(pubDER)}})
+		dk2, w2, err := wo.GenerateDataKey(ctx, encCtx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dk2.Destroy()
+		if k, err := wo.Unwrap(ctx, w2, encCtx); !errors.Is(err, keyring.ErrWriteOnly) {
+			k.Destroy()
+			t.Errorf("write-only Unwrap() error = %v, want keyring.ErrWriteOnly", err)
+		}
+		if e.calls() != before {
+			t.Errorf("the write-only keyring made %d calls", e.calls()-before)
+		}
+		setEnv(t, testID, testSecret)
+		back, err := kr.Unwrap(ctx, w2, encCtx)
+		if err != nil || !bytes.Equal(back.Bytes(), dk2.Bytes()) {
+			t.Fatalf("reading back what the write-only keyring wrapped: %v", err)
+		}
+		back.Destroy()
+	})
+
+	tampered := bytes.Clone(w)
+	tampered[len(tampered)-5] ^= 1
+	disabled := kmsemutest.CreateKey(t, e.s, kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: testRegion, Spec: "SM2"})
+	if err := e.s.DisableKey(disabled.ID); err != nil {
+		t.Fatal(err)
+	}
+	withPub := func(uri string) keyring.Options {
+		return keyring.Options{PublicKeys: map[string][]byte{uri: pubDER}}
+	}
+	for _, tc := range []struct {
+		name    string
+		uri     string
+		opts    keyring.Options
+		id, sec string
+		blob    []byte
+		want    error
+		wantMsg string
+	}{
+		{name: "tampered ciphertext", uri: u, blob: tampered, want: keyring.ErrUnwrap, wantMsg: "FailedOperation.DecryptError"},
+		{name: "disabled key", uri: sm2URI(e.s, testRegion, disabled.ID), opts: withPub(sm2URI(e.s, testRegion, disabled.ID)), want: keyring.ErrKeyDisabled, wantMsg: "ResourceUnavailable.CmkStateNotSupport"},
+		{name: "RSA key named +sm2", uri: sm2URI(e.s, testRegion, e.rsa.ID), opts: withPub(sm2URI(e.s, testRegion, e.rsa.ID)), want: keyring.ErrNotAsymmetric, wantMsg: "ASYMMETRIC_DECRYPT_SM2"},
+		{name: "symmetric key named +sm2", uri: sm2URI(e.s, testRegion, e.sym.ID), opts: withPub(sm2URI(e.s, testRegion, e.sym.ID)), want: keyring.ErrNotAsymmetric, wantMsg: "InvalidParameterValue.InvalidKeyUsage"},
+		{name: "wrong secret", uri: u, id: testID, sec: "wrong", want: keyring.ErrBadCredentials, wantMsg: "AuthFailure.SignatureFailure"},
+		{name: "denied", uri: u, id: "AKIDDenied", sec: testSecret, want: keyring.ErrAccessDenied, wantMsg: "kms:AsymmetricSm2Decrypt"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, sec := testID, testSecret
+			if tc.id != "" {
+				id, sec = tc.id, tc.sec
+			}
+			setEnv(t, id, sec)
+			blob := tc.blob
+			if blob == nil {
+				blob = w
+			}
+			opts := tc.opts
+			if opts.PublicKeys == nil {
+				opts = withPub(tc.uri)
+			}
+			k, err := e.openRSA(t, tc.uri, opts).Unwrap(ctx, blob, encCtx)
+			if !errors.Is(err, tc.want) || !keyring.IsPermanent(err) {
+				k.Destroy()
+				t.Fatalf("Unwrap() error = %v, want permanent %v", err, tc.want)
+			}
+			if msg := err.Error(); !strings.Contains(msg, tc.wantMsg) || !strings.Contains(msg, opSM2Decrypt) || strings.Contains(msg, testSecret) {
+				t.Errorf("error message %q: want %q and %s, not the secret", msg, tc.wantMsg, opSM2Decrypt)
+			}
+		})
+	}
+
+	// A key of the other kind is refused when its public key is fetched.
+	for name, ku := range map[string]string{
+		"RSA key named +sm2": sm2URI(e.s, testRegion, e.rsa.ID),
+		"SM2 key named +rsa": rsaURI(e.s, testRegion, key.ID),
+	} {
+		if _, _, err := e.openRSA(t, ku, keyring.Options{}).GenerateDataKey(ctx, encCtx); !errors.Is(err, keyring.ErrNotAsymmetric) {
+			t.Errorf("%s: GenerateDataKey() error = %v, want keyring.ErrNotAsymmetric", name, err)
+		}
+	}
+
+	// Throttling is retried.
+	e.s.AddFault(kmsemu.Fault{Cloud: kmsemu.Tencent, Action: "AsymmetricSm2Decrypt", Throttle: 1})
+	back, err := kr.Unwrap(ctx, w, encCtx)
+	if err != nil || !bytes.Equal(back.Bytes(), dk.Bytes()) {
+		t.Fatalf("Unwrap() after a throttled AsymmetricSm2Decrypt = %v, want the data key", err)
+	}
+	back.Destroy()
 }

@@ -3,6 +3,7 @@ package instance
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emmansun/gmsm/sm2"
 
 	"github.com/kmsfs/kmsfs/keyring"
 	"github.com/kmsfs/kmsfs/keyring/keyringtest"
@@ -409,24 +412,207 @@ func TestOpenAsymmetric(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg := []byte("thirty-two bytes and a digest..")
-	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, msg, nil)
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub.(*rsa.PublicKey), msg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pt, err := a.DecryptOAEP(ctx, ct)
+	pt, err := a.Decrypt(ctx, keyring.RSAOAEPSHA256, ct)
 	if err != nil || !bytes.Equal(pt, msg) {
-		t.Fatalf("DecryptOAEP() = %v, want the message", err)
+		t.Fatalf("Decrypt(RSA) = %v, want the message", err)
 	}
 	for name, blob := range map[string][]byte{"empty": nil, "too long": make([]byte, pubkey.MaxBits/8+1)} {
 		before := e.calls()
-		if _, err := a.DecryptOAEP(ctx, blob); !errors.Is(err, keyring.ErrUnwrap) {
-			t.Errorf("DecryptOAEP(%s) error = %v, want keyring.ErrUnwrap", name, err)
+		if _, err := a.Decrypt(ctx, keyring.RSAOAEPSHA256, blob); !errors.Is(err, keyring.ErrUnwrap) {
+			t.Errorf("Decrypt(RSA, %s) error = %v, want keyring.ErrUnwrap", name, err)
 		}
 		if e.calls() != before {
-			t.Errorf("DecryptOAEP(%s) called the instance", name)
+			t.Errorf("Decrypt(RSA, %s) called the instance", name)
 		}
+	}
+	if _, err := a.Decrypt(ctx, keyring.AsymAlg(99), ct); !errors.Is(err, keyring.ErrUnwrap) {
+		t.Errorf("Decrypt(an unknown algorithm) error = %v, want keyring.ErrUnwrap", err)
+	}
+
+	// An EC_SM2 key: the DER ciphertext is sent in the plain encoding.
+	sk := kmsemutest.CreateKey(t, e.s, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: testInstance, Spec: "EC_SM2"})
+	su, _ := url.Parse(uri(e.s, sk.ID))
+	sa, err := OpenAsymmetric(ctx, su)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sder, err := sa.PublicKey(ctx)
+	if err != nil || !bytes.Equal(sder, emulatorPublicKey(t, e.s, sk.ID)) {
+		t.Fatalf("PublicKey() of an SM2 key = %v, want the emulator key's", err)
+	}
+	spub, err := pubkey.ParsePublicKey(sder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sct, err := sm2.EncryptASN1(rand.Reader, spub.(*ecdsa.PublicKey), msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := sa.Decrypt(ctx, keyring.SM2, sct); err != nil || !bytes.Equal(pt, msg) {
+		t.Fatalf("Decrypt(SM2) = %v, want the message", err)
+	}
+	plain, _ := sm2.ASN1Ciphertext2Plain(sct, nil)
+	for name, blob := range map[string][]byte{"empty": nil, "plain encoding": plain, "trailing byte": append(bytes.Clone(sct), 0)} {
+		before := e.calls()
+		if _, err := sa.Decrypt(ctx, keyring.SM2, blob); !errors.Is(err, keyring.ErrUnwrap) {
+			t.Errorf("Decrypt(SM2, %s) error = %v, want keyring.ErrUnwrap", name, err)
+		}
+		if e.calls() != before {
+			t.Errorf("Decrypt(SM2, %s) called the instance", name)
+		}
+	}
+	if _, err := sa.Decrypt(ctx, keyring.RSAOAEPSHA256, ct); !errors.Is(err, keyring.ErrNotAsymmetric) {
+		t.Errorf("Decrypt(RSA) with an SM2 key: error = %v, want keyring.ErrNotAsymmetric", err)
+	}
+	if _, err := a.Decrypt(ctx, keyring.SM2, sct); !errors.Is(err, keyring.ErrNotAsymmetric) {
+		t.Errorf("Decrypt(SM2) with an RSA key: error = %v, want keyring.ErrNotAsymmetric", err)
 	}
 	if _, err := OpenAsymmetric(ctx, &url.URL{Scheme: Scheme, Host: e.s.TLSAddr()}); !errors.Is(err, keyring.ErrBadURI) {
 		t.Errorf("OpenAsymmetric() of a URI without a key: error = %v, want keyring.ErrBadURI", err)
 	}
+}
+
+// emulatorPublicKey is the DER SubjectPublicKeyInfo of an emulator key,
+// from its store rather than through GetPublicKey.
+func emulatorPublicKey(t *testing.T, s *kmsemu.Server, id string) []byte {
+	t.Helper()
+	p, err := s.PublicKeyPEM(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(p)
+	if blk == nil {
+		t.Fatalf("PublicKeyPEM(%s) is not PEM", id)
+	}
+	return blk.Bytes
+}
+
+func sm2URI(s *kmsemu.Server, key string) string {
+	return Scheme + pubkey.SuffixSM2 + "://" + s.TLSAddr() + "/" + key
+}
+
+// TestAsymSM2 wraps under an EC_SM2 key (alibaba-kms-instance+sm2) and
+// unwraps with Decrypt SM2PKE, through the SDK and the emulator.
+func TestAsymSM2(t *testing.T) {
+	e := asymSetup(t)
+	ctx := context.Background()
+	const sm2Alias = "alias/kmsfs-sm2"
+	key := kmsemutest.CreateKey(t, e.s, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: testInstance, Spec: "EC_SM2", Alias: sm2Alias})
+	pubDER := emulatorPublicKey(t, e.s, key.ID)
+	encCtx := keyringtest.EncryptionContext(t)
+	var w []byte
+	var dk *keyring.Key
+	for _, ref := range []string{key.ID, sm2Alias} {
+		kr := e.openRSA(t, sm2URI(e.s, ref), keyring.Options{})
+		if kr.Algorithm() != keyring.SM2 {
+			t.Fatalf("Algorithm() = %v, want SM2", kr.Algorithm())
+		}
+		d, wr, err := kr.GenerateDataKey(ctx, encCtx)
+		if err != nil {
+			t.Fatalf("GenerateDataKey(%s) error = %v", ref, err)
+		}
+		t.Cleanup(d.Destroy)
+		if der, err := kr.PublicKey(ctx); err != nil || !bytes.Equal(der, pubDER) {
+			t.Errorf("PublicKey(%s) = %v, want the emulator key's public key", ref, err)
+		}
+		back, err := kr.Unwrap(ctx, wr, encCtx)
+		if err != nil || !bytes.Equal(back.Bytes(), d.Bytes()) {
+			t.Fatalf("Unwrap(%s) = %v, want the data key", ref, err)
+		}
+		back.Destroy()
+		if k, err := kr.Unwrap(ctx, wr, keyringtest.EncryptionContext(t)); !errors.Is(err, keyring.ErrUnwrap) {
+			k.Destroy()
+			t.Errorf("Unwrap(%s) with another encryption context error = %v, want keyring.ErrUnwrap", ref, err)
+		}
+		dk, w = d, wr
+	}
+	// Two per reference: the service decrypts for another context too
+	// (the digest is kmsfs's to check).
+	if n := e.s.Count(kmsemu.AlibabaInstance, "Decrypt", "ok"); n != 4 {
+		t.Errorf("Count(Decrypt, ok) = %d, want 4", n)
+	}
+	u := sm2URI(e.s, key.ID)
+
+	t.Run("write-only", func(t *testing.T) {
+		for _, v := range []string{EnvClientKeyFile, EnvClientKeyPassword, EnvPasswordFile, EnvCAFile} {
+			unsetenv(t, v)
+		}
+		before := e.calls()
+		wo := e.openRSA(t, u, keyring.Options{WriteOnly: true, PublicKeys: map[string][]byte{u: pubkey.PEM(pubDER)}})
+		dk2, w2, err := wo.GenerateDataKey(ctx, encCtx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dk2.Destroy()
+		if k, err := wo.Unwrap(ctx, w2, encCtx); !errors.Is(err, keyring.ErrWriteOnly) {
+			k.Destroy()
+			t.Errorf("write-only Unwrap() error = %v, want keyring.ErrWriteOnly", err)
+		}
+		if e.calls() != before {
+			t.Errorf("the write-only keyring made %d calls", e.calls()-before)
+		}
+	})
+
+	tampered := bytes.Clone(w)
+	tampered[len(tampered)-5] ^= 1
+	disabled := kmsemutest.CreateKey(t, e.s, kmsemu.KeySpec{Cloud: kmsemu.AlibabaInstance, Region: testInstance, Spec: "EC_SM2"})
+	if err := e.s.DisableKey(disabled.ID); err != nil {
+		t.Fatal(err)
+	}
+	impostor := impostorKeyFile(t)
+	for _, tc := range []struct {
+		name    string
+		uri     string
+		setup   func(t *testing.T)
+		blob    []byte
+		want    error
+		wantMsg string
+	}{
+		{name: "tampered ciphertext", uri: u, blob: tampered, want: keyring.ErrUnwrap, wantMsg: "InvalidParameter"},
+		{name: "disabled key", uri: sm2URI(e.s, disabled.ID), want: keyring.ErrKeyDisabled, wantMsg: "Rejected.Disabled"},
+		{name: "RSA key named +sm2", uri: sm2URI(e.s, e.rsa.ID), want: keyring.ErrNotAsymmetric, wantMsg: Scheme + pubkey.SuffixSM2 + "://"},
+		{name: "symmetric key named +sm2", uri: sm2URI(e.s, e.sym.ID), want: keyring.ErrNotAsymmetric, wantMsg: "UnsupportedOperation"},
+		{name: "another client key", uri: u, setup: func(t *testing.T) { t.Setenv(EnvClientKeyFile, impostor) }, want: keyring.ErrBadCredentials, wantMsg: "Unauthorized"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			setEnv(t, e.s, private(t, clientKey), clientKeyPW)
+			if tc.setup != nil {
+				tc.setup(t)
+			}
+			blob := tc.blob
+			if blob == nil {
+				blob = w
+			}
+			opts := keyring.Options{PublicKeys: map[string][]byte{tc.uri: pubDER}}
+			k, err := e.openRSA(t, tc.uri, opts).Unwrap(ctx, blob, encCtx)
+			if !errors.Is(err, tc.want) || !keyring.IsPermanent(err) {
+				k.Destroy()
+				t.Fatalf("Unwrap() error = %v, want permanent %v", err, tc.want)
+			}
+			if msg := err.Error(); !strings.Contains(msg, tc.wantMsg) || !strings.Contains(msg, Scheme) || strings.Contains(msg, clientKeyPW) {
+				t.Errorf("error message %q: want %q and %s, not the password", msg, tc.wantMsg, Scheme)
+			}
+		})
+	}
+
+	// A key of the other kind is refused when its public key is fetched.
+	for name, ku := range map[string]string{
+		"RSA key named +sm2": sm2URI(e.s, e.rsa.ID),
+		"SM2 key named +rsa": rsaURI(e.s, key.ID),
+	} {
+		if _, _, err := e.openRSA(t, ku, keyring.Options{}).GenerateDataKey(ctx, encCtx); !errors.Is(err, keyring.ErrNotAsymmetric) {
+			t.Errorf("%s: GenerateDataKey() error = %v, want keyring.ErrNotAsymmetric", name, err)
+		}
+	}
+
+	e.s.AddFault(kmsemu.Fault{Cloud: kmsemu.AlibabaInstance, Action: "Decrypt", Throttle: 1})
+	back, err := e.openRSA(t, u, keyring.Options{}).Unwrap(ctx, w, encCtx)
+	if err != nil || !bytes.Equal(back.Bytes(), dk.Bytes()) {
+		t.Fatalf("Unwrap() after a throttled Decrypt = %v, want the data key", err)
+	}
+	back.Destroy()
 }
