@@ -2,6 +2,13 @@ package tests
 
 import (
 	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,7 +18,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/blockcipher"
+	kmsvolume "github.com/kmsfs/kmsfs/fs/volume"
+	"github.com/kmsfs/kmsfs/header"
 	"github.com/kmsfs/kmsfs/keyring/kmsemu"
+	"github.com/kmsfs/kmsfs/keyring/pubkey"
 )
 
 // otherMachine returns the volume v as another machine (or user) sees
@@ -326,5 +337,110 @@ func TestAsymmetricInitRefusesUndecryptable(t *testing.T) {
 	r = v.kmsfs("init", "--key", strings.Replace(symURI, "tencent-kms://", "tencent-kms+rsa://", 1), v.cipherDir)
 	if r.code == exitOK || !strings.Contains(r.stderr, "not an asymmetric") {
 		t.Errorf("%v\nwant a symmetric key named +rsa refused as not asymmetric", r)
+	}
+}
+
+// forgePub writes at path a kmsfs file of volume volID holding plain,
+// made by someone who has only the public key of uri: a data key of their
+// own, wrapped under the public key, and a slot tag made with sk (the
+// attacker's guess of the slot key, or a slot key of their own).
+func forgePub(t *testing.T, path, uri string, pub []byte, sk []byte, volID string, plain []byte) {
+	t.Helper()
+	p, err := pubkey.ParsePublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := pubkey.New(uri, p.(*rsa.PublicKey), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encCtx := kmsvolume.EncryptionContext(volID)
+	dk, e, err := k.GenerateDataKey(context.Background(), encCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dk.Destroy()
+	// T per docs/FORMAT.md, "Public-key slots".
+	m := hmac.New(sha256.New, sk)
+	m.Write([]byte("kmsfs slot tag v1\x00"))
+	m.Write(binary.BigEndian.AppendUint16(nil, uint16(len(uri))))
+	m.Write([]byte(uri))
+	m.Write(binary.BigEndian.AppendUint16(nil, uint16(len(encCtx))))
+	m.Write(encCtx)
+	m.Write(e)
+	var fileID [16]byte
+	rand.Read(fileID[:])
+	hdr, err := header.New(12, fileID, []header.Slot{{URI: uri, Context: encCtx, Wrapped: m.Sum(e[:len(e):len(e)])}}, dk.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck := make([]byte, 32)
+	if err := header.Derive(ck, dk.Bytes(), fileID, header.ContentKey); err != nil {
+		t.Fatal(err)
+	}
+	c, err := blockcipher.New(ck, fileID, blockcipher.Layout{BlockSize: 4096, DataOffset: header.Size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(hdr, c.SealBlocks(nil, plain, 0)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPublicKeyForgeryRefused: whoever holds the public key of a volume's
+// asymmetric key (it is not secret) and can write the storage cannot make
+// a file or a configuration that a reading mount accepts: the slot tag
+// needs the volume's slot key, and a configuration with a slot key of the
+// attacker's differs from what the trust record pins.
+func TestPublicKeyForgeryRefused(t *testing.T) {
+	e := startCloudEmulator(t)
+	k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := "tencent-kms+rsa://ap-guangzhou/" + k.ID + "?endpoint=" + e.s.URL()
+	pub, _ := e.s.PublicKeyPEM(k.ID)
+	v := cloudVolume(t, uri)
+	v.mount()
+	want := pattern("genuine", 5000)
+	writeFile(t, v.path("genuine"), want)
+	writeFile(t, v.path("victim"), pattern("victim", 100))
+	victim := v.backing("victim")
+	v.unmount()
+	volID := v.volumeID(t)
+
+	// A file: a data key of the attacker's under the public key.
+	guess := bytes.Repeat([]byte{0x42}, 32)
+	forgePub(t, victim, uri, pub, guess, volID, []byte("FORGED by the storage holder"))
+	v.mount()
+	decrypts := e.s.Count(kmsemu.Tencent, "AsymmetricRsaDecrypt", "")
+	if got, err := os.ReadFile(v.path("victim")); err == nil {
+		t.Errorf("a file forged with the public key read as %q", got)
+	}
+	if n := e.s.Count(kmsemu.Tencent, "AsymmetricRsaDecrypt", "") - decrypts; n != 0 {
+		t.Errorf("%d decrypt calls for the forged file; its slot must be refused before any call", n)
+	}
+	checkContent(t, v.path("genuine"), want, v.blockSize)
+	if !strings.Contains(v.log(), "not authentic") {
+		t.Errorf("daemon log does not say the forged slot is not authentic:\n%s", v.log())
+	}
+	v.unmount()
+
+	// The configuration: names in clear, a slot key of the attacker's
+	// (so the tag verifies), a high epoch.
+	cfg := fmt.Sprintf(`{"format":"kmsfs","version":2,"volume_id":%q,"block_size":4096,"keys":[%q],"names":"plaintext","epoch":1000000,"slot_key":%q}`,
+		volID, uri, base64.StdEncoding.EncodeToString(guess))
+	forgePub(t, filepath.Join(v.cipherDir, "kmsfs.conf"), uri, pub, guess, volID, []byte(cfg))
+	r := v.kmsfs(v.mountCommand()...)
+	if r.code == exitOK {
+		v.mounted, v.daemons = true, daemonsOf(v.mnt)
+		t.Fatalf("%v\na configuration forged with the public key was mounted", r)
+	}
+	if !strings.Contains(r.stderr, "pins") {
+		t.Errorf("%v\nwant the refusal to say the configuration differs from the pinned one", r)
+	}
+	rec, err := os.ReadFile(filepath.Join(v.home, ".config", "kmsfs", "trust", volID+".json"))
+	if err != nil || bytes.Contains(rec, []byte("1000000")) {
+		t.Errorf("the trust record took the forged configuration's epoch (%v):\n%s", err, rec)
 	}
 }

@@ -278,7 +278,7 @@ func exitCode(err error) int {
 	switch {
 	case errors.Is(err, volume.ErrWrongKey):
 		return exitKey
-	case errors.Is(err, volume.ErrNotVolume), errors.Is(err, volume.ErrBadConfig), errors.Is(err, volume.ErrCorrupt), errors.Is(err, volume.ErrRollback):
+	case errors.Is(err, volume.ErrNotVolume), errors.Is(err, volume.ErrBadConfig), errors.Is(err, volume.ErrCorrupt), errors.Is(err, volume.ErrRollback), errors.Is(err, volume.ErrPins):
 		return exitNotVolume
 	case errors.Is(err, keyring.ErrBadURI):
 		return exitUsage

@@ -136,6 +136,11 @@ func runRewrap(args []string) int {
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
+	if rec.WriteOnly != nil {
+		return errorf(exitKey, "%s: %v: rewrap needs a machine that can decrypt with the volume's keys", dir, keyring.ErrWriteOnly)
+	}
+	res = keyring.NewResolver(reg, keyring.Options{Passphrase: src, PublicKeys: rec.PublicKeyMap()})
+	res.SetCache(keyring.NewCache(24*time.Hour, 1<<20))
 	vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired, Log: log.New(&logBuf, "", 0)})
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)

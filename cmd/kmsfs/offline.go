@@ -42,7 +42,14 @@ func openOffline(ctx context.Context, dir string, extra []string, res *keyring.R
 	if rec.WriteOnly != nil {
 		return nil, fmt.Errorf("%s: %w: this machine holds only public keys for the volume (write-only); run this where the key service decrypts", dir, keyring.ErrWriteOnly)
 	}
-	return volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired, Log: logger})
+	vol, err := volume.Open(ctx, dir, res, volume.OpenOptions{ExtraKeys: extra, Trusted: rec.Keys, Retired: rec.Retired, Log: logger})
+	if err == nil && rec.Pins != nil {
+		if err = vol.CheckPins(volume.Pins(*rec.Pins)); err != nil {
+			vol.Close()
+			return nil, err
+		}
+	}
+	return vol, err
 }
 
 // printable escapes what is not printable in s (a message may quote a

@@ -68,6 +68,19 @@ func runTrust(args []string) int {
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
+	store, err := trust.DefaultStore()
+	if err != nil {
+		return errorf(exitError, "%v", err)
+	}
+	old, err := store.Load(id)
+	switch {
+	case errors.Is(err, trust.ErrNotTrusted):
+		old = nil
+	case err != nil:
+		return errorf(exitError, "%v", err)
+	case old.WriteOnly != nil:
+		return errorf(exitKey, "volume %s: %v: this machine is write-only for it (kmsfs init --write-only); trust it on a machine that can decrypt", id, keyring.ErrWriteOnly)
+	}
 	named, err := volume.SlotKeys(dir)
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
@@ -103,13 +116,16 @@ func runTrust(args []string) int {
 		return errorf(exitCode(err), "the keys do not open the volume: %v", err)
 	}
 	gotID, epoch := vol.Config.VolumeID, vol.Config.Epoch
+	if old != nil && old.Pins != nil && gotID == id {
+		if err := vol.CheckPins(volume.Pins(*old.Pins)); err != nil {
+			vol.Close()
+			return errorf(exitCode(err), "%v", err)
+		}
+	}
+	pins := trust.Pins(vol.Pins())
 	vol.Close()
 	if *pf != "" && !used() {
 		return unusedPassphraseFile(*pf, "none of the keys is protected by a passphrase")
-	}
-	store, err := trust.DefaultStore()
-	if err != nil {
-		return errorf(exitError, "%v", err)
 	}
 	for _, k := range keys {
 		if pubkey.IsURI(k) {
@@ -128,6 +144,7 @@ func runTrust(args []string) int {
 			r.Retired = slices.DeleteFunc(r.Retired, func(x string) bool { return x == k })
 		}
 		addPublicKeys(r, pubs)
+		r.Pins = &pins
 	}); err != nil {
 		return errorf(exitError, "%v", err)
 	}
@@ -168,12 +185,13 @@ func trustedKeys(dir string, extra []string) (*trust.Record, *trust.Store, error
 // write-only machine, its configuration (names key included; cleared
 // from cfg here).
 func recordInit(cfg *volume.Config, pubs map[string][]byte, writeOnly bool) error {
-	defer func() { clear(cfg.NamesKey); cfg.NamesKey = nil }()
+	defer func() { clear(cfg.NamesKey); cfg.NamesKey = nil; clear(cfg.SlotKey); cfg.SlotKey = nil }()
 	store, err := trust.DefaultStore()
 	if err != nil {
 		return err
 	}
-	rec := &trust.Record{VolumeID: cfg.VolumeID, Keys: slices.Clone(cfg.Keys), Epoch: cfg.Epoch}
+	pins := trust.Pins(cfg.Pins)
+	rec := &trust.Record{VolumeID: cfg.VolumeID, Keys: slices.Clone(cfg.Keys), Epoch: cfg.Epoch, Pins: &pins}
 	addPublicKeys(rec, pubs)
 	if writeOnly {
 		plain, err := volume.MarshalConfig(cfg)
@@ -199,6 +217,30 @@ func addPublicKeys(rec *trust.Record, pubs map[string][]byte) {
 	}
 }
 
+// checkPins refuses a configuration that differs from what rec pins (a
+// configuration forged with a public key, or replaced), and pins the
+// volume's configuration in a record that has no pins yet, or none of a
+// slot key the volume gained since.
+func checkPins(vol *volume.Volume, rec *trust.Record, store *trust.Store) error {
+	got := trust.Pins(vol.Pins())
+	if rec.Pins != nil {
+		if err := vol.CheckPins(volume.Pins(*rec.Pins)); err != nil {
+			return err
+		}
+		if *rec.Pins == got {
+			return nil
+		}
+	}
+	if store == nil || vol.WriteOnly() {
+		return nil
+	}
+	if err := store.Update(vol.Config.VolumeID, func(r *trust.Record) { r.Pins = &got }); err != nil {
+		return fmt.Errorf("recording the configuration's pins: %w", err)
+	}
+	rec.Pins = &got
+	return nil
+}
+
 // checkEpoch refuses a configuration older than the last one this user
 // accepted for the volume (rec, from store), unless allow, and records a
 // newer one, or an older one allowed explicitly. A nil store (keys named
@@ -206,6 +248,9 @@ func addPublicKeys(rec *trust.Record, pubs map[string][]byte) {
 func checkEpoch(vol *volume.Volume, rec *trust.Record, store *trust.Store, allow bool) error {
 	if store == nil {
 		return nil
+	}
+	if err := checkPins(vol, rec, store); err != nil {
+		return err
 	}
 	got := vol.Config.Epoch
 	if got < rec.Epoch && !allow {

@@ -53,6 +53,19 @@ type Record struct {
 	// only public keys and so cannot read kmsfs.conf: every mount of the
 	// volume by this user is write-only and uses it.
 	WriteOnly json.RawMessage `json:"write_only,omitempty"`
+	// Pins are what no configuration of the volume may change (see
+	// docs/FORMAT.md): set from the first configuration this user accepts.
+	Pins *Pins `json:"pins,omitempty"`
+}
+
+// Pins are the parts of a volume's configuration a trust record pins:
+// the names mode, digests of the names key and the slot key, the block
+// size.
+type Pins struct {
+	Names          string `json:"names"`
+	NamesKeySHA256 string `json:"names_key_sha256"`
+	SlotKeySHA256  string `json:"slot_key_sha256"`
+	BlockSize      int    `json:"block_size"`
 }
 
 // PublicKeyMap returns the record's public keys in the form

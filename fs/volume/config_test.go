@@ -95,18 +95,21 @@ func TestMarshalConfigNamesKey(t *testing.T) {
 	nk := bytes.Repeat([]byte{0xa5, 0x01, 0xff}, 22)[:64]
 	cfg := &Config{Format: "kmsfs", Version: 2, VolumeID: strings.Repeat("ab", 16), BlockSize: 4096,
 		Keys: []string{"local:///k"}, ReuseFiles: 3, ReuseSeconds: 4, Epoch: 9, Names: NamesSIV}
+	sk := bytes.Repeat([]byte{0x5a}, SlotKeySize)
 	for _, tc := range []struct {
-		name  string
-		names string
-		key   []byte
+		name    string
+		names   string
+		key, sk []byte
 	}{
-		{"encrypted names", NamesSIV, nk},
-		{"plaintext names", NamesPlaintext, nil},
+		{"encrypted names", NamesSIV, nk, sk},
+		{"plaintext names", NamesPlaintext, nil, sk},
+		{"plaintext names, no slot key", NamesPlaintext, nil, nil},
+		{"encrypted names, no slot key", NamesSIV, nk, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := *cfg
 			c.Names = tc.names
-			plain, err := marshalConfig(&c, tc.key)
+			plain, err := marshalConfig(&c, tc.key, tc.sk)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -114,10 +117,10 @@ func TestMarshalConfigNamesKey(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseConfig(%s) = %v", plain, err)
 			}
-			if !bytes.Equal(got.NamesKey, tc.key) {
-				t.Errorf("names key = %x, want %x", got.NamesKey, tc.key)
+			if !bytes.Equal(got.NamesKey, tc.key) || !bytes.Equal(got.SlotKey, tc.sk) {
+				t.Errorf("names key = %x, slot key %x; want %x, %x", got.NamesKey, got.SlotKey, tc.key, tc.sk)
 			}
-			got.NamesKey = nil
+			got.NamesKey, got.SlotKey = nil, nil
 			if !reflect.DeepEqual(*got, c) {
 				t.Errorf("ParseConfig = %+v, want %+v", *got, c)
 			}

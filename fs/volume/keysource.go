@@ -112,6 +112,9 @@ func (ks *keySource) generate(ctx context.Context) (*sharedKey, error) {
 			}
 			wrapped, err = w.Wrap(ctx, dk, ks.encCtx)
 		}
+		if err == nil {
+			wrapped, err = v.tagSlot(u, ks.encCtx, wrapped)
+		}
 		if err != nil {
 			return fail(err)
 		}

@@ -214,7 +214,10 @@ func (v *Volume) rewrapFile(ctx context.Context, path, name string, keys []strin
 			if !ok {
 				return false, true, fmt.Errorf("key %s cannot wrap an existing data key", k)
 			}
-			if w, err = wr.Wrap(ctx, u.dk, u.slot.Context); err != nil {
+			if w, err = wr.Wrap(ctx, u.dk, u.slot.Context); err == nil {
+				w, err = v.tagSlot(k, u.slot.Context, w)
+			}
+			if err != nil {
 				return false, true, err
 			}
 			memo[dkName+"\x00"+k] = w

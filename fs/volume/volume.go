@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -101,6 +102,12 @@ type Config struct {
 	// moves it into locked memory and clears this field after reading
 	// (writeConfig puts it back for the write).
 	NamesKey []byte `json:"names_key,omitempty"`
+	// SlotKey authenticates public-key slots (docs/FORMAT.md). Like
+	// NamesKey, the Volume moves it into locked memory and clears it.
+	SlotKey []byte `json:"slot_key,omitempty"`
+	// Pins, set by Init, are what a trust record pins of the new
+	// configuration (not part of it).
+	Pins Pins `json:"-"`
 }
 
 // Values of Config.Names.
@@ -172,6 +179,12 @@ type Volume struct {
 	// writeOnly: the configuration came from the trust record, not from
 	// kmsfs.conf (OpenOptions.WriteOnly).
 	writeOnly bool
+	// slotKey authenticates public-key slots (nil for a volume without
+	// one); guarded by cfgMu. loaded is set once a configuration is held:
+	// until then the configuration's own slot tags are checked after it
+	// is read (checkConfigSlot).
+	slotKey *memguard.LockedBuffer
+	loaded  atomic.Bool
 }
 
 // OpenOptions are the optional parts of opening a volume.
@@ -306,12 +319,21 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 			defer func() { clear(cfg.NamesKey); cfg.NamesKey = nil }()
 		}
 	}
+	if cfg.SlotKey, err = newSlotKey(); err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	cfg.Pins = Pins{Names: cfg.Names, NamesKeySHA256: PinDigest(cfg.NamesKey), SlotKeySHA256: PinDigest(cfg.SlotKey), BlockSize: blockSize}
+	if !o.WriteOnly {
+		defer func() { clear(cfg.SlotKey); cfg.SlotKey = nil }()
+	}
 	v := &Volume{Dir: dir, dir: d, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0), trusted: map[string]bool{}, retired: map[string]bool{}}
 	for _, u := range keyURIs {
 		v.trusted[u] = true
 	}
+	defer v.closeSlotKey()
 	if err := v.writeConfig(ctx, &cfg); err != nil {
 		clear(cfg.NamesKey)
+		clear(cfg.SlotKey)
 		return nil, fmt.Errorf("init: %w", err)
 	}
 	return &cfg, nil
@@ -388,9 +410,19 @@ func Open(ctx context.Context, dir string, res *keyring.Resolver, o OpenOptions)
 		cfg, err = v.readConfig(ctx)
 	}
 	if err == nil {
+		err = v.takeSlotKey(cfg)
+	}
+	if err == nil {
 		err = v.takeNamesKey(cfg)
 	}
+	if cfg != nil {
+		clear(cfg.SlotKey)
+		clear(cfg.NamesKey)
+	}
 	if err != nil {
+		v.closeSlotKey()
+		v.closeNames()
+		v.closeSlotKey()
 		d.Close()
 		return nil, err
 	}
@@ -511,7 +543,9 @@ func (v *Volume) WriteOnly() bool { return v.writeOnly }
 
 // MarshalConfig returns the JSON of cfg as kmsfs.conf holds it, with
 // cfg.NamesKey. The caller wipes the result.
-func MarshalConfig(cfg *Config) ([]byte, error) { return marshalConfig(cfg, cfg.NamesKey) }
+func MarshalConfig(cfg *Config) ([]byte, error) {
+	return marshalConfig(cfg, cfg.NamesKey, cfg.SlotKey)
+}
 
 // readConfig reads and authenticates the volume configuration. On the
 // first call it also sets the volume's geometry from it.
@@ -558,7 +592,13 @@ func (v *Volume) readConfig(ctx context.Context) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cpath, err)
 	}
-	wipe := func() { clear(c.NamesKey) }
+	wipe := func() { clear(c.NamesKey); clear(c.SlotKey) }
+	if !v.loaded.Load() {
+		if err := checkConfigSlot(c, fk.slot); err != nil {
+			wipe()
+			return nil, fmt.Errorf("%s: %w", cpath, err)
+		}
+	}
 	switch {
 	case c.VolumeID != fk.volume:
 		wipe()
@@ -585,12 +625,14 @@ func ParseConfig(plain []byte) (*Config, error) {
 	// also refuses data after the object.
 	if err := json.Unmarshal(plain, &c); err != nil {
 		clear(c.NamesKey)
+		clear(c.SlotKey)
 		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
 	}
 	ok := false
 	defer func() {
 		if !ok {
 			clear(c.NamesKey)
+			clear(c.SlotKey)
 		}
 	}()
 	id, err := hex.DecodeString(c.VolumeID)
@@ -605,6 +647,8 @@ func ParseConfig(plain []byte) (*Config, error) {
 		return nil, fmt.Errorf("%w: names key of %d bytes, want %d", ErrBadConfig, len(c.NamesKey), names.KeySize)
 	case c.Names == NamesPlaintext && c.NamesKey != nil:
 		return nil, fmt.Errorf("%w: a names key with plaintext names", ErrBadConfig)
+	case c.SlotKey != nil && len(c.SlotKey) != SlotKeySize:
+		return nil, fmt.Errorf("%w: slot key of %d bytes, want %d", ErrBadConfig, len(c.SlotKey), SlotKeySize)
 	case err != nil || len(id) != 16 || hex.EncodeToString(id) != c.VolumeID:
 		return nil, fmt.Errorf("%w: volume ID %q is not 32 lowercase hex digits", ErrBadConfig, c.VolumeID)
 	case len(c.Keys) == 0 || len(c.Keys) > header.MaxSlots:
@@ -629,6 +673,7 @@ func ParseConfig(plain []byte) (*Config, error) {
 // setConfig makes cfg the volume's configuration; new files are keyed by
 // its key list and reuse policy from now on.
 func (v *Volume) setConfig(cfg *Config) {
+	defer v.loaded.Store(true)
 	v.cfgMu.Lock()
 	v.Config = *cfg
 	v.encCtx = EncryptionContext(cfg.VolumeID)
@@ -649,7 +694,14 @@ func (v *Volume) Reload(ctx context.Context) error {
 	}
 	cfg, err := v.readConfig(ctx)
 	if err == nil {
+		err = v.takeSlotKey(cfg)
+	}
+	if err == nil {
 		err = v.takeNamesKey(cfg)
+	}
+	if cfg != nil {
+		clear(cfg.SlotKey)
+		clear(cfg.NamesKey)
 	}
 	if err != nil {
 		return err
@@ -675,7 +727,15 @@ func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 		}
 		nk = v.namesKey.Bytes()
 	}
-	plain, err := marshalConfig(cfg, nk)
+	// The slot key is carried over, or made now if the volume has none,
+	// and held before any slot of the new configuration is tagged with it.
+	if err := v.ensureSlotKey(cfg.SlotKey); err != nil {
+		return fmt.Errorf("writing configuration: %w", err)
+	}
+	v.cfgMu.RLock()
+	sk := v.slotKey.Bytes()
+	v.cfgMu.RUnlock()
+	plain, err := marshalConfig(cfg, nk, sk)
 	if err != nil {
 		return err
 	}
@@ -702,27 +762,42 @@ func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 // marshalConfig returns the JSON of cfg with the names key nk (nil for
 // none). The key is spliced in by hand, into a buffer the caller wipes:
 // encoding/json would leave its base64 in buffers of its own.
-func marshalConfig(cfg *Config, nk []byte) ([]byte, error) {
+func marshalConfig(cfg *Config, nk, sk []byte) ([]byte, error) {
 	c := *cfg
-	c.NamesKey = nil
+	c.NamesKey, c.SlotKey = nil, nil
 	j, err := json.MarshalIndent(&c, "", "  ")
 	if err != nil {
 		return nil, err
 	}
-	if nk == nil {
+	if nk == nil && sk == nil {
 		return j, nil
 	}
 	if len(j) < 2 || j[len(j)-1] != '}' {
 		return nil, errors.New("configuration JSON does not end its object")
 	}
-	const pre, post = ",\n  \"names_key\": \"", "\"\n}"
 	body := bytes.TrimRight(j[:len(j)-1], " \n")
-	out := make([]byte, 0, len(body)+len(pre)+base64.StdEncoding.EncodedLen(len(nk))+len(post))
-	out = append(append(out, body...), pre...)
-	k := len(out)
-	out = out[:k+base64.StdEncoding.EncodedLen(len(nk))]
-	base64.StdEncoding.Encode(out[k:], nk)
-	return append(out, post...), nil
+	n := len(body) + 2 + 2*40 + base64.StdEncoding.EncodedLen(len(nk)) + base64.StdEncoding.EncodedLen(len(sk))
+	out := append(make([]byte, 0, n), body...)
+	for _, f := range []struct {
+		name string
+		key  []byte
+	}{{"names_key", nk}, {"slot_key", sk}} {
+		if f.key == nil {
+			continue
+		}
+		out = append(out, ",\n  \""+f.name+"\": \""...)
+		k := len(out)
+		if k+base64.StdEncoding.EncodedLen(len(f.key)) > cap(out) {
+			return nil, errors.New("configuration JSON: buffer too small") // never: n counts every byte
+		}
+		out = out[:k+base64.StdEncoding.EncodedLen(len(f.key))]
+		base64.StdEncoding.Encode(out[k:], f.key)
+		out = append(out, '"')
+	}
+	if len(out)+2 > cap(out) {
+		return nil, errors.New("configuration JSON: buffer too small")
+	}
+	return append(out, "\n}"...), nil
 }
 
 // fileKeys is what an opened header yields: the content cipher, with its
@@ -1096,7 +1171,12 @@ func (v *Volume) unwrapSlot(ctx context.Context, s header.Slot) (*keyring.Key, e
 			errs = append(errs, err)
 			return nil
 		}
-		dk, err := kr.Unwrap(ctx, s.Wrapped, s.Context)
+		e, err := v.slotCiphertext(s, !v.loaded.Load())
+		if err != nil {
+			errs = append(errs, err)
+			return nil
+		}
+		dk, err := kr.Unwrap(ctx, e, s.Context)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("unwrap with %s: %w", keyring.RedactURI(uri), err))
 			return nil
