@@ -219,6 +219,16 @@ type cachingKeyring struct {
 	c *Cache
 }
 
+// Keep caches a copy of dk as the key of a wrapped key, or restarts the
+// time to live of the copy already cached: a data key handed to new
+// files stays cached while they are made, even if it was generated long
+// before (fetched ahead).
+func (c *Cache) Keep(uri string, wrapped, encCtx []byte, dk *Key) {
+	if c.enabled() {
+		c.put(cacheID(uri, wrapped, encCtx), dk)
+	}
+}
+
 // Touch restarts the time to live of the cached key of a wrapped key.
 func (c *Cache) Touch(uri string, wrapped, encCtx []byte) {
 	if c.enabled() {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -443,4 +444,34 @@ func TestPublicKeyForgeryRefused(t *testing.T) {
 	if err != nil || bytes.Contains(rec, []byte("1000000")) {
 		t.Errorf("the trust record took the forged configuration's epoch (%v):\n%s", err, rec)
 	}
+}
+
+// TestWriteOnlyReadBackAfterIdle: a data key that new files share stays
+// in the write-only mount's cache while files are made with it, however
+// long ago it was generated: a file created after an idle spell longer
+// than the cache's time to live reads back.
+func TestWriteOnlyReadBackAfterIdle(t *testing.T) {
+	e := startCloudEmulator(t)
+	k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := "tencent-kms+rsa://ap-guangzhou/" + k.ID + "?endpoint=" + e.s.URL()
+	pub, _ := e.s.PublicKeyPEM(k.ID)
+	w := newVolume(t, notMounted())
+	os.RemoveAll(w.cipherDir)
+	os.Mkdir(w.cipherDir, 0o700)
+	pemPath := filepath.Join(w.dir, "pub.pem")
+	os.WriteFile(pemPath, pub, 0o644)
+	setCloudEnv(t, "wrong", "wrong", "wrong")
+	if r := w.kmsfs("init", "--write-only", "--key", uri, "--public-key", pemPath, w.cipherDir); r.code != exitOK {
+		t.Fatalf("%v\nwant exit 0", r)
+	}
+	w.mountArgs = append(w.mountArgs, "--key-cache-ttl", "2s")
+	w.mount()
+	writeFile(t, w.path("first"), pattern("first", 100))
+	time.Sleep(3 * time.Second)
+	writeFile(t, w.path("second"), pattern("second", 100))
+	checkContent(t, w.path("second"), pattern("second", 100), w.blockSize)
+	checkContent(t, w.path("first"), pattern("first", 100), w.blockSize)
 }

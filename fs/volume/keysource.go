@@ -200,6 +200,16 @@ func (ks *keySource) fileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
 	}
 	ks.cur.uses++
 	ks.handedOut.Add(1)
+	// A new file's data key stays in the cache while files use it: a
+	// write-only mount can reopen what it created only from there.
+	var slot header.Slot
+	for _, s := range ks.cur.slots {
+		if !isLocal(s.URI) {
+			slot = s
+			ks.v.keepSlot(s, ks.cur.dk)
+			break
+		}
+	}
 	var id [16]byte
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, nil, err
@@ -213,6 +223,9 @@ func (ks *keySource) fileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
 		return nil, nil, err
 	}
 	fk.volume = ks.volID
+	if slot.URI != "" {
+		fk.v, fk.slot = ks.v, slot // Close keeps the key cached
+	}
 	if ks.files <= 1 {
 		// One key per file: nothing to keep it for.
 		ks.cur.destroy()

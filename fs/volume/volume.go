@@ -34,6 +34,7 @@ import (
 	"github.com/kmsfs/kmsfs/fs/names"
 	"github.com/kmsfs/kmsfs/header"
 	"github.com/kmsfs/kmsfs/keyring"
+	"github.com/kmsfs/kmsfs/keyring/pubkey"
 )
 
 // ConfigName is the name of the volume configuration file in the root of
@@ -823,10 +824,38 @@ func (fk *fileKeys) Cipher() *blockcipher.Cipher { return fk.cipher }
 // cloud key slot stays in the resolver's cache for its TTL from now (local
 // keys are never cached).
 func (fk *fileKeys) Close() {
-	if fk.v != nil && fk.slot.URI != "" && !isLocal(fk.slot.URI) {
-		fk.v.res.Cache().Touch(fk.v.aliasOf(fk.slot.URI), fk.slot.Wrapped, fk.slot.Context)
+	if fk.v != nil {
+		fk.v.touchSlot(fk.slot)
 	}
 	fk.destroy()
+}
+
+// keepSlot caches dk as the data key of slot s (a cloud key's), or
+// restarts the time to live of its cached copy.
+func (v *Volume) keepSlot(s header.Slot, dk *keyring.Key) {
+	if s.URI == "" || isLocal(s.URI) {
+		return
+	}
+	v.res.Cache().Keep(v.aliasOf(s.URI), slotE(s), s.Context, dk)
+}
+
+// slotE is the wrapped key of s as its keyring knows it: without the tag
+// of a public-key slot.
+func slotE(s header.Slot) []byte {
+	if pubkey.IsURI(s.URI) && len(s.Wrapped) > slotTagSize {
+		return s.Wrapped[:len(s.Wrapped)-slotTagSize]
+	}
+	return s.Wrapped
+}
+
+// touchSlot restarts the cache time to live of the data key of slot s
+// (a cloud key's: local keys are not cached). The cache knows a
+// public-key slot's data key by its encryption, without the tag.
+func (v *Volume) touchSlot(s header.Slot) {
+	if s.URI == "" || isLocal(s.URI) {
+		return
+	}
+	v.res.Cache().Touch(v.aliasOf(s.URI), slotE(s), s.Context)
 }
 
 func (fk *fileKeys) destroy() {
