@@ -53,6 +53,7 @@ type keySource struct {
 
 	mu     sync.Mutex
 	cur    *sharedKey
+	expire *time.Timer // drops cur when its reuse window ends
 	ready  chan *sharedKey
 	filing atomic.Int32 // prefetchers running
 	closed bool
@@ -196,6 +197,20 @@ func (ks *keySource) fileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
 		}
 		k.since = now
 		ks.cur = k
+		// An idle mount does not keep the key past its window: the files
+		// made with it are then safe from a later look at its memory
+		// (the key cache keeps a sealed copy for its own time to live).
+		if ks.expire != nil {
+			ks.expire.Stop()
+		}
+		ks.expire = time.AfterFunc(ks.age, func() {
+			ks.mu.Lock()
+			defer ks.mu.Unlock()
+			if ks.cur == k {
+				k.destroy()
+				ks.cur = nil
+			}
+		})
 		ks.prefetch()
 	}
 	ks.cur.uses++
@@ -254,6 +269,9 @@ func (ks *keySource) reset() {
 func (ks *keySource) close() {
 	ks.mu.Lock()
 	ks.closed = true
+	if ks.expire != nil {
+		ks.expire.Stop()
+	}
 	ks.mu.Unlock()
 	ks.cancel()
 	ks.wg.Wait()
