@@ -475,3 +475,63 @@ func TestWriteOnlyReadBackAfterIdle(t *testing.T) {
 	checkContent(t, w.path("second"), pattern("second", 100), w.blockSize)
 	checkContent(t, w.path("first"), pattern("first", 100), w.blockSize)
 }
+
+// TestWriteOnlyAfterRewrap: after a reading machine replaced the volume's
+// key (kmsfs rewrap), a write-only machine refuses to wrap new files under
+// the removed key until it is told the new one (kmsfs trust --write-only);
+// then the reading machine reads what it writes.
+func TestWriteOnlyAfterRewrap(t *testing.T) {
+	e := startCloudEmulator(t)
+	var uris, pems []string
+	w := newVolume(t, notMounted())
+	for i := 0; i < 2; i++ {
+		k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		uris = append(uris, "tencent-kms+rsa://ap-guangzhou/"+k.ID+"?endpoint="+e.s.URL())
+		pub, _ := e.s.PublicKeyPEM(k.ID)
+		p := filepath.Join(w.dir, fmt.Sprintf("pub%d.pem", i))
+		os.WriteFile(p, pub, 0o644)
+		pems = append(pems, p)
+	}
+	os.RemoveAll(w.cipherDir)
+	os.Mkdir(w.cipherDir, 0o700)
+	setCloudEnv(t, "wrong", "wrong", "wrong")
+	if r := w.kmsfs("init", "--write-only", "--key", uris[0], "--public-key", pems[0], w.cipherDir); r.code != exitOK {
+		t.Fatalf("%v\nwant exit 0", r)
+	}
+	w.mount()
+	writeFile(t, w.path("before"), pattern("before", 3000))
+	w.unmount()
+
+	setCloudEnv(t, cloudAliSecret, cloudTcSecret, cloudHwSK)
+	rd := otherMachine(t, w)
+	if r := rd.kmsfs("trust", "--yes", rd.cipherDir); r.code != exitOK {
+		t.Fatalf("%v\nwant exit 0", r)
+	}
+	if r := rd.kmsfs("rewrap", "--add", uris[1], "--remove", uris[0], rd.cipherDir); r.code != exitOK {
+		t.Fatalf("%v\nwant exit 0", r)
+	}
+
+	setCloudEnv(t, "wrong", "wrong", "wrong")
+	r := w.kmsfs(w.mountCommand()...)
+	if r.code == exitOK {
+		w.mounted, w.daemons = true, daemonsOf(w.mnt)
+		t.Fatalf("%v\nthe write-only machine mounted with a key the volume no longer has", r)
+	}
+	if !strings.Contains(r.stderr, "no longer names key") {
+		t.Errorf("%v\nwant the refusal to name the removed key", r)
+	}
+	if r := w.kmsfs("trust", "--write-only", "--key", uris[1], "--public-key", pems[1], w.cipherDir); r.code != exitOK {
+		t.Fatalf("%v\nwant exit 0", r)
+	}
+	w.mount()
+	writeFile(t, w.path("after"), pattern("after", 3000))
+	w.unmount()
+
+	setCloudEnv(t, cloudAliSecret, cloudTcSecret, cloudHwSK)
+	rd.mount()
+	checkContent(t, rd.path("before"), pattern("before", 3000), rd.blockSize)
+	checkContent(t, rd.path("after"), pattern("after", 3000), rd.blockSize)
+}

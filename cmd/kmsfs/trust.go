@@ -40,11 +40,20 @@ Without --key, trust shows the volume ID and the keys its configuration
 names, and asks before recording them. With --key, only the given keys
 are recorded. Either way the keys must open the volume's configuration.
 
+On a write-only machine (kmsfs init --write-only), --write-only --key
+URI... [--public-key [URI=]PEM]... replaces the keys new files are wrapped
+under by the given asymmetric keys, for example after "kmsfs rewrap" on a
+reading machine changed the volume's keys: nothing is read from the
+volume, since this machine cannot decrypt its configuration.
+
 Options:
     -k, --key URI     trust this key (repeatable) instead of the ones the
                       configuration names
     -y, --yes         do not ask
     -p, --passphrase-file F   passphrase of a protected local key file
+        --write-only  (write-only machine) set the keys of its copy of the
+                      configuration to --key
+        --public-key [URI=]F  the public key (PEM) of an asymmetric --key
 `
 
 func runTrust(args []string) int {
@@ -52,11 +61,23 @@ func runTrust(args []string) int {
 	keysP, pf := keyFlags(fl)
 	yes := fl.Bool("yes", false, "")
 	fl.BoolVar(yes, "y", false, "")
+	writeOnly := fl.Bool("write-only", false, "")
+	pubFlags := new(stringList)
+	fl.Var(pubFlags, "public-key", "")
 	pos, code, ok := parseFlags(fl, args, trustHelp)
 	if !ok {
 		return code
 	}
 	keys := *keysP
+	if *writeOnly {
+		if len(pos) != 1 || len(keys) == 0 {
+			return usageError("trust --write-only takes --key URI... and one volume directory")
+		}
+		return retrustWriteOnly(pos[0], keys, *pubFlags)
+	}
+	if len(*pubFlags) > 0 {
+		return usageError("--public-key goes with --write-only (a reading machine fetches public keys itself)")
+	}
 	if len(pos) != 1 {
 		return usageError("trust takes one volume directory")
 	}
@@ -149,6 +170,69 @@ func runTrust(args []string) int {
 		return errorf(exitError, "%v", err)
 	}
 	fmt.Printf("kmsfs: trusted for volume %s: %s (recorded in %s)\n", gotID, strings.Join(keyring.RedactURIs(keys), " "), store.Dir)
+	return exitOK
+}
+
+// retrustWriteOnly sets the keys of a write-only machine's copy of the
+// volume's configuration (kmsfs trust --write-only).
+func retrustWriteOnly(dir string, keys, pubFlags []string) int {
+	if code := checkKeyURIs(keys...); code != 0 {
+		return code
+	}
+	dir, _ = filepath.Abs(dir)
+	id, err := volume.PeekVolumeID(dir)
+	if err != nil {
+		return errorf(exitCode(err), "%v", err)
+	}
+	store, err := trust.DefaultStore()
+	if err != nil {
+		return errorf(exitError, "%v", err)
+	}
+	rec, err := store.Load(id)
+	if err != nil {
+		return errorf(exitKey, "%v", err)
+	}
+	if rec.WriteOnly == nil {
+		return usageError("volume %s is not write-only on this machine; --write-only only changes the keys of a write-only machine", id)
+	}
+	pubs, err := publicKeyFlags(pubFlags, keys)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	for u, p := range rec.PublicKeyMap() {
+		if _, ok := pubs[u]; !ok {
+			pubs[u] = p
+		}
+	}
+	if pubs, err = writeOnlyKeys(keys, pubs); err != nil {
+		return errorf(exitCode(err), "%v", err)
+	}
+	cfg, err := volume.ParseConfig(rec.WriteOnly)
+	clear(rec.WriteOnly)
+	if err != nil {
+		return errorf(exitError, "the write-only configuration in the trust record: %v", err)
+	}
+	defer func() { clear(cfg.NamesKey); clear(cfg.SlotKey) }()
+	cfg.Keys = slices.Clone(keys)
+	plain, err := volume.MarshalConfig(cfg)
+	if err != nil {
+		return errorf(exitError, "%v", err)
+	}
+	defer clear(plain)
+	if err := store.Update(id, func(r *trust.Record) {
+		r.Keys = slices.Clone(keys)
+		r.WriteOnly = plain
+		r.PublicKeys = nil
+		for _, k := range keys {
+			if r.PublicKeys == nil {
+				r.PublicKeys = map[string]string{}
+			}
+			r.PublicKeys[k] = string(pubs[k])
+		}
+	}); err != nil {
+		return errorf(exitError, "%v", err)
+	}
+	fmt.Printf("kmsfs: write-only machine: new files of volume %s are wrapped under %s\n", id, strings.Join(keyring.RedactURIs(keys), " "))
 	return exitOK
 }
 

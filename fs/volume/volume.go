@@ -529,6 +529,25 @@ func (v *Volume) writerConfig(plain []byte) (*Config, error) {
 	if err == nil && h.Preamble.BlockSize() != c.BlockSize {
 		err = fmt.Errorf("%w: block size %d in the trust record, %d in %s", ErrBadConfig, c.BlockSize, h.Preamble.BlockSize(), ConfigName)
 	}
+	if err == nil {
+		// The configuration cannot be read here, but its slots name its
+		// keys: a key it no longer has (removed by rewrap on a reading
+		// machine, perhaps because it leaked) must not wrap new files.
+		var named []string
+		if named, err = SlotKeys(v.Dir); err == nil {
+			for _, k := range c.Keys {
+				if !slices.Contains(named, k) {
+					err = fmt.Errorf("%w: the volume's configuration no longer names key %s, which this write-only machine's copy does (was it removed with kmsfs rewrap?); refusing to wrap new files under it: set this machine up again for the volume's keys", ErrBadConfig, keyring.RedactURI(k))
+					break
+				}
+			}
+			for _, k := range named {
+				if !slices.Contains(c.Keys, k) {
+					v.Log.Printf("kmsfs: the volume's configuration names key %s, which this write-only machine's copy does not: new files written here are not wrapped under it", keyring.RedactURI(k))
+				}
+			}
+		}
+	}
 	if err != nil {
 		clear(c.NamesKey)
 		return nil, err
