@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -158,6 +159,13 @@ func runInit(args []string) int {
 	}
 	if *writeOnly {
 		fmt.Println("kmsfs: write-only: mounts on this machine write new files and cannot read existing ones; a machine whose credentials may decrypt with the key reads everything (kmsfs trust)")
+		for _, k := range keys {
+			if p, err := pubkey.ParsePublicKey(pubs[k]); err == nil {
+				if der, err := pubkey.MarshalPublicKey(p); err == nil {
+					fmt.Printf("kmsfs: public key of %s: SHA-256 %x; check it against the console, and run 'kmsfs trust' on a reading machine now: a wrong public key makes every file unreadable\n", keyring.RedactURI(k), sha256.Sum256(der))
+				}
+			}
+		}
 	}
 	fmt.Printf("kmsfs: mount it with: kmsfs mount %s MOUNTPOINT\n", dir)
 	return exitOK

@@ -191,6 +191,7 @@ func runMount(args []string) int {
 	openOpts.Log = logger
 	vol, err := volume.Open(ctx, cipherDir, res, openOpts)
 	cancel()
+	clear(rec.WriteOnly) // the names and slot keys are in locked memory now
 	if err != nil {
 		return ready(exitCode(err), err.Error())
 	}

@@ -13,7 +13,6 @@
 package trust
 
 import (
-	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -131,15 +130,29 @@ func (s *Store) Load(volumeID string) (*Record, error) {
 	return parse(b, volumeID, s.path(volumeID))
 }
 
+// knownFields are the JSON fields of a Record.
+var knownFields = map[string]bool{"volume_id": true, "keys": true, "retired": true, "epoch": true, "public_keys": true, "write_only": true, "pins": true}
+
 // parse checks a record file's contents.
 func parse(b []byte, volumeID, name string) (*Record, error) {
 	if len(b) > maxRecord {
 		return nil, fmt.Errorf("trust store: %s is larger than %d bytes", name, maxRecord)
 	}
+	// Unmarshal, not a Decoder: a Decoder copies the record (the names
+	// key of a write-only record included) into a buffer nobody wipes.
+	// Unknown fields are still refused: a typo must not be ignored.
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return nil, fmt.Errorf("trust store: %s: %w", name, err)
+	}
+	for k, raw := range fields {
+		clear(raw)
+		if !knownFields[k] {
+			return nil, fmt.Errorf("trust store: %s: unknown field %q", name, k)
+		}
+	}
 	var r Record
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("trust store: %s: %w", name, err)
 	}
 	if r.VolumeID != volumeID {
@@ -171,7 +184,10 @@ func (s *Store) Save(r *Record) error {
 		return fmt.Errorf("trust store: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err = tmp.Write(append(b, '\n')); err == nil {
+	if _, err = tmp.Write(b); err == nil {
+		_, err = tmp.Write([]byte{'\n'})
+	}
+	if err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
