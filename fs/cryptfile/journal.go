@@ -2,6 +2,7 @@ package cryptfile
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,9 +59,10 @@ const (
 	// JournalName is the name of the journal file in the root of the
 	// backing directory; it is invisible through the mount.
 	JournalName = "kmsfs.journal"
-	// ParkedJournalPrefix starts the names of parked journals: journals a
-	// write-only mount moved aside because it cannot load their key
-	// (docs/FORMAT.md, "Write journal"). A mount that can replays them.
+	// ParkedJournalPrefix starts the names of parked journals: journals
+	// with records a writable mount moved aside because it cannot load
+	// their key (docs/FORMAT.md, "Write journal"). A mount that can
+	// replays them.
 	ParkedJournalPrefix = JournalName + "."
 	journalSlots        = 8
 	journalHdr          = 4096 // the record page of a slot
@@ -255,49 +258,48 @@ func (j *Journal) slotOffset(i int) int64 { return journalBase + int64(i)*j.slot
 // OpenJournal opens the write journal in the root of the backing
 // directory dir, replays whatever a crash left in it, and, if writable,
 // starts it anew under a new journal key from keys; maxData is the
-// largest ciphertext one write may produce. Records that are not
+// largest ciphertext one write may produce. Parked journals are replayed
+// first (they are older), unless keys is write-only. Records that are not
 // authentic or no longer apply are logged to logger and skipped. A
-// journal another process holds for writing fails with ErrLocked; a
-// journal that is not writable is replayed only if no one holds it, and
-// is not created if missing (nil, nil).
+// writable journal whose records' key cannot be loaded is parked, not
+// cleared. A journal another process holds for writing fails with
+// ErrLocked; a journal that is not writable is replayed only if no one
+// holds it, and is not created if missing (nil, nil).
 func OpenJournal(ctx context.Context, dir *backing.Dir, maxData int, keys Keyer, writable bool, logger *log.Logger) (*Journal, error) {
 	flags := syscall.O_RDWR
 	if writable {
 		flags |= syscall.O_CREAT
 	}
-	fd, err := dir.Open(JournalName, flags, 0o600)
+	fd, err := openJournalFile(dir, flags)
 	if !writable && errors.Is(err, syscall.ENOENT) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("write journal %s/%s: %w", dir.Path, JournalName, err)
-	}
-	// One writer per volume on this machine: the lock lives as long as the
-	// descriptor (the mount), and dies with the process.
-	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		syscall.Close(fd)
-		if err == unix.EWOULDBLOCK {
-			return nil, fmt.Errorf("%s: %w", dir.Path, ErrLocked)
-		}
-		return nil, fmt.Errorf("locking the write journal: %w", err)
+		return nil, err
 	}
 	slotSize := int64(journalHdr + (maxData+4095)/4096*4096)
 	j := &Journal{fd: fd, slotSize: slotSize, free: make(chan int, journalSlots), log: logger}
-	if writable && writeOnly(keys) && j.anyRecord() {
-		// Records this mount cannot open: keep them for a mount that can.
-		nfd, err := j.park(dir, flags)
-		if err != nil {
-			syscall.Close(fd)
-			return nil, err
-		}
-		j.fd = nfd
+	// Parked journals first: each was parked as a mount started, and the
+	// journal's records are of that mount or a later one, so theirs are
+	// older. The lock on the journal, held meanwhile, keeps other
+	// writable mounts out.
+	if !writeOnly(keys) {
+		replayParked(ctx, dir, slotSize, keys, logger)
 	}
-	if _, err := j.replay(ctx, dir, keys); err != nil {
+	keyErr, err := j.replay(ctx, dir, keys, replayOpts{name: JournalName})
+	if err != nil {
 		syscall.Close(j.fd)
 		return nil, err
 	}
-	if !writeOnly(keys) {
-		replayParked(ctx, dir, slotSize, keys, logger)
+	// Records this mount cannot open are kept for a mount that can, never
+	// cleared: moved aside if this mount is to write a journal.
+	if keyErr != nil {
+		if !writable {
+			j.log.Printf("kmsfs: the write journal's key cannot be loaded (%v); its records are not replayed", keyErr)
+		} else if err := j.park(dir, keyErr, func() (int, error) { return openJournalFile(dir, flags) }); err != nil {
+			syscall.Close(j.fd) // park left it as it was
+			return nil, err
+		}
 	}
 	if !writable {
 		return j, nil
@@ -313,6 +315,24 @@ func OpenJournal(ctx context.Context, dir *backing.Dir, maxData int, keys Keyer,
 		j.free <- i
 	}
 	return j, nil
+}
+
+// openJournalFile opens the journal file of dir with flags and locks it
+// for this process: one writer per volume on this machine. The lock lives
+// as long as the descriptor (the mount), and dies with the process.
+func openJournalFile(dir *backing.Dir, flags int) (int, error) {
+	fd, err := dir.Open(JournalName, flags, 0o600)
+	if err != nil {
+		return -1, fmt.Errorf("write journal %s/%s: %w", dir.Path, JournalName, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		syscall.Close(fd)
+		if err == unix.EWOULDBLOCK {
+			return -1, fmt.Errorf("%s: %w", dir.Path, ErrLocked)
+		}
+		return -1, fmt.Errorf("locking the write journal %s/%s: %w", dir.Path, JournalName, err)
+	}
+	return fd, nil
 }
 
 // startLocked truncates the journal and writes a new header: a new
@@ -371,72 +391,220 @@ func writeOnly(keys Keyer) bool {
 	return ok && w.WriteOnly()
 }
 
-// park moves the journal (j.fd, locked) aside to a new parked name, syncs
-// the directory, and returns a new journal opened and locked with flags.
-func (j *Journal) park(dir *backing.Dir, flags int) (int, error) {
+// errWriteOnly is why a write-only mount does not replay a journal with
+// records: it cannot load any key.
+var errWriteOnly = errors.New("this write-only mount cannot load it")
+
+// park moves the journal file (j.fd, locked) aside to a new parked name
+// because the key of its records cannot be loaded (keyErr), syncs the
+// directory, opens and locks a new journal with reopen, and only then
+// closes the parked file's descriptor, so that the volume stays locked
+// throughout. On success j.fd is the new journal's. On error j.fd is left
+// as it was, still open (the parked file's, once the rename is done), and
+// the caller closes it.
+func (j *Journal) park(dir *backing.Dir, keyErr error, reopen func() (int, error)) error {
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
-		return -1, err
+		return fmt.Errorf("write journal: a parked name: %w", err)
 	}
 	name := ParkedJournalPrefix + hex.EncodeToString(rnd[:])
 	if err := unix.Renameat2(dir.Fd(), JournalName, dir.Fd(), name, unix.RENAME_NOREPLACE); err != nil {
-		return -1, fmt.Errorf("write journal: parking the records of a crashed mount as %s: %w", name, err)
+		return fmt.Errorf("write journal: parking its records as %s: %w", name, err)
 	}
 	if err := syncRoot(dir); err != nil {
-		return -1, fmt.Errorf("write journal: parking: syncing %s: %w", dir.Path, err)
+		return fmt.Errorf("write journal: parking its records as %s: syncing %s: %w", name, dir.Path, err)
 	}
-	j.log.Printf("kmsfs: the write journal holds writes of an interrupted mount that this write-only mount cannot open; kept as %s for the next mount that can read the volume", name)
-	syscall.Close(j.fd)
-	fd, err := dir.Open(JournalName, flags, 0o600)
+	if errors.Is(keyErr, errWriteOnly) {
+		j.log.Printf("kmsfs: the write journal holds writes of an interrupted mount that this write-only mount cannot open; kept as %s for the next mount that can read the volume", name)
+	} else {
+		j.log.Printf("kmsfs: the write journal's key cannot be loaded (%v); its records are not replayed but kept as %s for the next mount that can load it", keyErr, name)
+	}
+	fd, err := reopen()
 	if err != nil {
-		return -1, fmt.Errorf("write journal %s/%s: %w", dir.Path, JournalName, err)
+		return err
 	}
-	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		syscall.Close(fd)
-		if err == unix.EWOULDBLOCK {
-			return -1, fmt.Errorf("%s: %w", dir.Path, ErrLocked)
-		}
-		return -1, fmt.Errorf("locking the write journal: %w", err)
-	}
-	return fd, nil
+	syscall.Close(j.fd)
+	j.fd = fd
+	return nil
 }
 
-// replayParked replays every parked journal in dir whose key loads, and
-// removes it; the others stay, logged.
+// maxParked is how many parked journals one mount looks at, oldest first;
+// the others wait for a later mount. Each may cost a call to the key
+// service and a few log lines at mount time, and names under the parked
+// prefix can be planted by whoever writes the backing directory. A
+// journal is parked only when a mount starts and cannot load the key of
+// records a crash left, so a volume rarely has more than a few.
+const maxParked = 64
+
+// fileKey identifies a file by device and inode.
+type fileKey struct{ dev, ino uint64 }
+
+// replayParked replays the parked journals in dir, oldest (by ctime)
+// first and at most maxParked of them, and removes each once replayed;
+// the others stay, logged. Only a regular file that looks like a journal
+// (checkJournalFile) is replayed or removed; anything else under a parked
+// name is logged and left alone, unopened unless it is a regular file.
 func replayParked(ctx context.Context, dir *backing.Dir, slotSize int64, keys Keyer, logger *log.Logger) {
 	names, err := backing.List(dir.Fd(), ".")
 	if err != nil {
 		logger.Printf("kmsfs: looking for parked write journals: %v", err)
 		return
 	}
+	type parked struct {
+		name string
+		st   unix.Stat_t
+	}
+	var found []parked
 	for _, name := range names {
 		if !IsParkedJournal(name) {
 			continue
 		}
-		fd, err := dir.Open(name, syscall.O_RDWR, 0)
-		if err != nil {
-			logger.Printf("kmsfs: parked write journal %s: %v", name, err)
+		p := parked{name: name}
+		if err := unix.Fstatat(dir.Fd(), name, &p.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if !errors.Is(err, unix.ENOENT) {
+				logger.Printf("kmsfs: parked write journal %s: %v", name, err)
+			}
 			continue
 		}
-		if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			syscall.Close(fd)
-			continue // another mount is replaying it
-		}
-		p := &Journal{fd: fd, slotSize: slotSize, log: logger}
-		done, err := p.replay(ctx, dir, keys)
-		if err == nil && done {
-			if err = unix.Unlinkat(dir.Fd(), name, 0); err == nil {
-				err = syncRoot(dir)
-			}
-			if err == nil {
-				logger.Printf("kmsfs: parked write journal %s replayed and removed", name)
-			}
-		}
-		if err != nil {
-			logger.Printf("kmsfs: parked write journal %s: %v", name, err)
-		}
-		syscall.Close(fd)
+		found = append(found, p)
 	}
+	slices.SortFunc(found, func(a, b parked) int {
+		if c := compareTime(a.st.Ctim, b.st.Ctim); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	if len(found) > maxParked {
+		logger.Printf("kmsfs: %d parked write journals: this mount looks at the %d oldest and leaves the other %d for later mounts", len(found), maxParked, len(found)-maxParked)
+		found = found[:maxParked]
+	}
+	// What each file's ctime was before this mount's replay wrote it: a
+	// record is stale if its file changed after its journal was parked,
+	// not if an older parked journal's record was replayed into it.
+	before := make(map[fileKey]unix.Timespec)
+	for _, p := range found {
+		if p.st.Mode&unix.S_IFMT != unix.S_IFREG {
+			logger.Printf("kmsfs: parked write journal %s: not a regular file (%s); left alone", p.name, fileType(p.st.Mode))
+			continue
+		}
+		replayParkedFile(ctx, dir, p.name, slotSize, keys, logger, before)
+	}
+}
+
+// replayParkedFile replays the parked journal name of dir and removes it,
+// logging what it does; before is as for replayOpts.
+func replayParkedFile(ctx context.Context, dir *backing.Dir, name string, slotSize int64, keys Keyer, logger *log.Logger, before map[fileKey]unix.Timespec) {
+	// Read only: a parked journal is never written, so its ctime stays
+	// that of the rename that parked it. O_NONBLOCK: should a FIFO take
+	// the name after the check above, the open does not wait for a
+	// writer.
+	fd, err := dir.Open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOFOLLOW|unix.O_NOCTTY, 0)
+	if err != nil {
+		logger.Printf("kmsfs: parked write journal %s: %v", name, err)
+		return
+	}
+	defer syscall.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		logger.Printf("kmsfs: parked write journal %s: %v", name, err)
+		return
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		logger.Printf("kmsfs: parked write journal %s: not a regular file (%s); left alone", name, fileType(st.Mode))
+		return
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if err != unix.EWOULDBLOCK {
+			logger.Printf("kmsfs: parked write journal %s: locking it: %v", name, err)
+		}
+		return // or another mount is replaying it
+	}
+	if err := checkJournalFile(fd, st.Size, slotSize); err != nil {
+		logger.Printf("kmsfs: parked write journal %s: not a write journal (%v); left untouched", name, err)
+		return
+	}
+	p := &Journal{fd: fd, slotSize: slotSize, log: logger}
+	keyErr, err := p.replay(ctx, dir, keys, replayOpts{name: name, parked: true, parkedAt: st.Ctim, before: before})
+	switch {
+	case err != nil:
+		logger.Printf("kmsfs: parked write journal %s: %v; kept", name, err)
+		return
+	case keyErr != nil:
+		logger.Printf("kmsfs: parked write journal %s: its key cannot be loaded (%v); its records are not replayed, and it is kept", name, keyErr)
+		return
+	}
+	// Removed only if the name still leads to the file replayed.
+	var now unix.Stat_t
+	err = unix.Fstatat(dir.Fd(), name, &now, unix.AT_SYMLINK_NOFOLLOW)
+	if err == nil && (now.Dev != st.Dev || now.Ino != st.Ino) {
+		err = errors.New("replaced while it was replayed")
+	}
+	if err == nil {
+		err = unix.Unlinkat(dir.Fd(), name, 0)
+	}
+	if err == nil {
+		err = syncRoot(dir)
+	}
+	if err != nil {
+		logger.Printf("kmsfs: parked write journal %s: replayed, but not removed: %v", name, err)
+		return
+	}
+	logger.Printf("kmsfs: parked write journal %s replayed and removed", name)
+}
+
+// fileType names the file type in mode, for log lines.
+func fileType(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return "a device"
+	case unix.S_IFLNK:
+		return "a symlink"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFSOCK:
+		return "a socket"
+	}
+	return fmt.Sprintf("type %#o", mode&unix.S_IFMT)
+}
+
+// checkJournalFile returns an error unless the file fd, of size bytes,
+// looks like a write journal with slots of slotSize bytes: at least a
+// header, and every record page that is not all zero starting with the
+// journal magic; or a journal of an older kmsfs (which is not replayed).
+// Whatever else has a parked name (an old user file, on a volume with
+// names in clear) is never cleared or removed.
+func checkJournalFile(fd int, size, slotSize int64) error {
+	if size < journalBase {
+		return fmt.Errorf("%d bytes, want at least a header of %d", size, journalBase)
+	}
+	page := make([]byte, journalHdr)
+	if n, _ := preadAll(fd, page[:len(oldJournalMagic)], 0); n == len(oldJournalMagic) && bytes.Equal(page[:n], oldJournalMagic) {
+		return nil
+	}
+	for i := 0; i < journalSlots; i++ {
+		off := journalBase + int64(i)*slotSize
+		n, err := preadAll(fd, page, off)
+		if err != nil {
+			return fmt.Errorf("reading slot %d: %w", i, err)
+		}
+		if isZero(page[:n]) {
+			continue
+		}
+		if n < len(journalMagic) || !bytes.Equal(page[:len(journalMagic)], journalMagic) {
+			return fmt.Errorf("the record page of slot %d does not start with the journal magic", i)
+		}
+	}
+	return nil
+}
+
+// compareTime compares two timestamps, to the nanosecond.
+func compareTime(a, b unix.Timespec) int {
+	if c := cmp.Compare(a.Sec, b.Sec); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Nsec, b.Nsec)
 }
 
 // syncRoot syncs the root directory of dir (whose own descriptor is
@@ -465,32 +633,66 @@ func IsParkedJournal(name string) bool {
 	return true
 }
 
+// replayOpts is what differs between the replay of the journal and that
+// of a parked journal.
+type replayOpts struct {
+	// name is the journal file's name, for log lines.
+	name string
+	// parked marks a parked journal: it is only read, never cleared (it
+	// is removed once replayed), and a record whose file changed after
+	// parkedAt, the journal's ctime (set by the rename that parked it),
+	// is stale: not replayed.
+	parked   bool
+	parkedAt unix.Timespec
+	// before holds, by file, the ctime a file had before the first record
+	// of this mount's replay was written to it; replay fills it.
+	before map[fileKey]unix.Timespec
+}
+
+// label names the journal in log lines and errors.
+func (o *replayOpts) label() string {
+	if o.parked {
+		return "parked write journal " + o.name
+	}
+	return "write journal"
+}
+
+// errStale means a parked record's file changed after the journal was
+// parked: its copy is older than what the file holds.
+var errStale = errors.New("the file changed after the journal was parked")
+
 // replay redoes the writes of every slot that holds an authentic record,
-// and clears every slot. done is false when records were left because
-// the journal's key could not be loaded.
-func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) (done bool, err error) {
+// and, unless the journal is parked, clears every slot. keyErr says why
+// records were left: the journal's key could not be loaded.
+func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer, opts replayOpts) (keyErr, err error) {
 	var st syscall.Stat_t
 	if err := syscall.Fstat(j.fd, &st); err != nil {
-		return false, fmt.Errorf("write journal: %w", err)
+		return nil, fmt.Errorf("%s: %w", opts.label(), err)
 	}
 	if st.Size == 0 {
-		return true, nil
+		return nil, nil
 	}
 	head := make([]byte, len(oldJournalMagic))
 	if n, _ := preadAll(j.fd, head, 0); n == len(head) && bytes.Equal(head, oldJournalMagic) {
-		j.log.Printf("kmsfs: the write journal is of an older kmsfs; its records cannot be authenticated and are not replayed")
-		return true, nil
+		if opts.parked {
+			j.log.Printf("kmsfs: %s is of an older kmsfs; its records cannot be authenticated and are not replayed", opts.label())
+		} else {
+			j.log.Printf("kmsfs: the write journal is of an older kmsfs; its records cannot be authenticated and are not replayed")
+		}
+		return nil, nil
 	}
 	if !j.anyRecord() {
-		return true, nil // a clean journal: nothing to replay, no key needed
+		return nil, nil // a clean journal: nothing to replay, no key needed
 	}
-	k, err := keys.Load(context.WithoutCancel(ctx), j.fd, func() string { return JournalName })
+	if writeOnly(keys) {
+		return errWriteOnly, nil
+	}
+	k, err := keys.Load(context.WithoutCancel(ctx), j.fd, func() string { return opts.name })
 	if err != nil || k == nil {
 		if err == nil {
 			err = errors.New("no header")
 		}
-		j.log.Printf("kmsfs: the write journal's key cannot be loaded (%v); its records are not replayed", err)
-		return false, nil
+		return err, nil
 	}
 	defer k.Close()
 	c := k.Cipher()
@@ -499,7 +701,7 @@ func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) (don
 		off := j.slotOffset(i)
 		n, err := preadAll(j.fd, page, off)
 		if err != nil {
-			return false, fmt.Errorf("reading write journal: %w", err)
+			return nil, fmt.Errorf("reading %s: %w", opts.label(), err)
 		}
 		r, err := openRecord(c, i, page[:n], j.slotSize-journalHdr)
 		switch {
@@ -507,24 +709,29 @@ func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer) (don
 			// The copy area may still hold a copy whose record was never
 			// written.
 		case err != nil:
-			j.log.Printf("kmsfs: write journal slot %d: %v; skipped", i, err)
+			j.log.Printf("kmsfs: %s slot %d: %v; skipped", opts.label(), i, err)
 		default:
-			if err := j.redo(dir, &r, off+journalHdr); err != nil {
-				j.log.Printf("kmsfs: write journal slot %d (%s): not replayed: %v", i, r.path, err)
+			if err := j.redo(dir, &r, off+journalHdr, &opts); err != nil {
+				j.log.Printf("kmsfs: %s slot %d (%s): not replayed: %v", opts.label(), i, r.path, err)
+			} else if opts.parked {
+				j.log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d) from %s", r.path, r.length, r.coff, opts.label())
 			} else {
 				j.log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d)", r.path, r.length, r.coff)
 			}
 		}
+		if opts.parked {
+			continue
+		}
 		if err != errNoRecord {
 			if err := j.clear(i); err != nil {
-				return false, err
+				return nil, err
 			}
 		}
 		if err := j.clearCopy(i, min(j.slotSize, st.Size-off)-journalHdr); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
-	return true, nil
+	return nil, nil
 }
 
 // anyRecord reports whether a slot's record page is not all zeros (or
@@ -581,8 +788,9 @@ func (j *Journal) clearCopy(i int, n int64) error {
 }
 
 // redo does the write of record r again; its copy is at dataOff of the
-// journal.
-func (j *Journal) redo(dir *backing.Dir, r *record, dataOff int64) error {
+// journal. For a parked journal's record (opts.parked), a file whose
+// ctime is later than the journal's is not written (errStale).
+func (j *Journal) redo(dir *backing.Dir, r *record, dataOff int64, opts *replayOpts) error {
 	data := make([]byte, r.length)
 	if err := preadFull(j.fd, data, dataOff); err != nil {
 		return fmt.Errorf("reading the journal: %w", err)
@@ -595,12 +803,26 @@ func (j *Journal) redo(dir *backing.Dir, r *record, dataOff int64) error {
 		return err
 	}
 	defer syscall.Close(fd)
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if st.Ino != r.ino || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+	if st.Ino != r.ino || st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return errors.New("the file was replaced")
+	}
+	if opts.parked {
+		// Replaying an older copy over newer writes would undo them.
+		fk := fileKey{dev: st.Dev, ino: st.Ino}
+		ctime, ok := opts.before[fk]
+		if !ok {
+			ctime = st.Ctim
+		}
+		if compareTime(ctime, opts.parkedAt) > 0 {
+			return errStale
+		}
+		if !ok && opts.before != nil {
+			opts.before[fk] = ctime
+		}
 	}
 	pre := make([]byte, header.PreambleSize)
 	if err := preadFull(fd, pre, 0); err != nil {

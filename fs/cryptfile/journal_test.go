@@ -15,10 +15,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/fs/backing"
@@ -1189,5 +1193,557 @@ func TestJournalParked(t *testing.T) {
 		if IsParkedJournal(tc.name) != tc.ok {
 			t.Errorf("IsParkedJournal(%q) = %v", tc.name, !tc.ok)
 		}
+	}
+}
+
+// slotWrite is a record for a slot of a test journal, and its copy.
+type slotWrite struct {
+	slot int
+	rec  record
+	data []byte
+}
+
+// putJournal makes a journal file whose header holds a journal key keys
+// made, with the records of slots sealed under it, and moves it into the
+// backing directory dir as name: JournalName (replacing the journal
+// there, closed first as a crash would close it) or a parked name. The
+// rename sets the file's ctime, as parking does.
+func putJournal(t testing.TB, dir, name string, maxData int, keys Keyer, slots ...slotWrite) {
+	t.Helper()
+	scratch := t.TempDir()
+	bd, err := backing.Open(scratch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bd.Close()
+	j, err := OpenJournal(ctx, bd, maxData, keys, true, log.New(io.Discard, "", 0))
+	if err != nil {
+		t.Fatalf("OpenJournal(%s) = %v, want nil", scratch, err)
+	}
+	for _, s := range slots {
+		writeSlot(t, scratch, j, s.slot, s.rec, s.data)
+	}
+	j.Close()
+	if old, ok := openJournals.LoadAndDelete(dir); ok {
+		old.(*Journal).Close()
+	}
+	if err := os.Rename(filepath.Join(scratch, JournalName), filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ctimeOf returns the ctime of path, not following a symlink.
+func ctimeOf(t testing.TB, path string) unix.Timespec {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ctim
+}
+
+// waitCtimeAfter waits until a file changed now gets a ctime later than
+// that of path: a file system may keep time in ticks of a few
+// milliseconds, and a change in the tick of the one that set path's
+// ctime would not be later.
+func waitCtimeAfter(t testing.TB, path string) {
+	t.Helper()
+	ref := ctimeOf(t, path)
+	probe := filepath.Join(t.TempDir(), "probe")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if err := os.WriteFile(probe, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if compareTime(ctimeOf(t, probe), ref) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ctime later than %s's after 5s", path)
+		}
+	}
+}
+
+// tornFile makes the file name in dir through the engine, of nblocks
+// blocks of B bytes of random plaintext, then tears the given blocks in
+// the backing file, as a crash in the middle of a write would. It returns
+// the file, its plaintext before the tear, and the cipher of its blocks.
+func tornFile(t testing.TB, dir, name string, B, nblocks int64, r *rand.Rand, torn ...uint64) (*env, model, *blockcipher.Cipher) {
+	t.Helper()
+	l := layout(int(B))
+	e := newEnvIn(t, dir, name, int(B), nil)
+	h := e.open()
+	m := model(randBytes(r, nblocks*B))
+	if _, err := h.WriteAt(ctx, m, 0); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	b := e.backing()
+	c, err := e.keyer.cipher(fileID(t, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, blk := range torn {
+		copy(b[l.BlockCipherOff(blk)+10:], randBytes(r, B/2))
+	}
+	if err := os.WriteFile(e.path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e, m, c
+}
+
+// sealBlocks returns the ciphertext of plain, whole blocks of c from
+// block first on, and the record of a write of it into e's file.
+func sealBlocks(t testing.TB, e *env, c *blockcipher.Cipher, first uint64, plain []byte) (record, []byte) {
+	t.Helper()
+	bs := e.cfg.Layout.BlockSize
+	var ct []byte
+	for i := 0; i*bs < len(plain); i++ {
+		ct = c.SealBlock(ct, plain[i*bs:min((i+1)*bs, len(plain))], first+uint64(i))
+	}
+	r := record{fileID: fileID(t, e.backing()), ino: inode(t, e.path), coff: e.cfg.Layout.BlockCipherOff(first), length: len(ct), cut: -1, path: e.name}
+	return r, ct
+}
+
+// parkedNames returns the names of the parked journals in dir.
+func parkedNames(t testing.TB, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		if IsParkedJournal(e.Name()) {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
+// TestJournalParkedStale checks that a parked record is replayed only if
+// its file has not changed since the journal was parked: a mount that
+// could not replay the parked journal (its key service was down) and
+// wrote the file since must not see its write undone by a later mount.
+func TestJournalParkedStale(t *testing.T) {
+	const B = 4096
+	const name = "kmsfs.journal.00000000000000a1"
+	maxData := journalMaxData(layout(B))
+	for _, tc := range []struct {
+		name string
+		// after says whether the file is written after the journal was
+		// parked.
+		after bool
+		want  string // a log line holds it
+	}{
+		{"unchanged since it was parked", false, "kmsfs: completed an interrupted write to f (4124 bytes at 8220) from parked write journal " + name},
+		{"written after it was parked", true, "kmsfs: parked write journal " + name + " slot 2 (f): not replayed: the file changed after the journal was parked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			r := rand.New(rand.NewPCG(40, 1))
+			e, m, c := tornFile(t, dir, "f", B, 3, r, 1)
+			parkedBlock := randBytes(r, B)
+			rec, ct := sealBlocks(t, e, c, 1, parkedBlock)
+			putJournal(t, dir, name, maxData, newJournalKeyer(t), slotWrite{2, rec, ct})
+			m.write(parkedBlock, B)
+			if tc.after {
+				waitCtimeAfter(t, filepath.Join(dir, name))
+				newer := randBytes(r, B)
+				h := e.open()
+				if _, err := h.WriteAt(ctx, newer, B); err != nil {
+					t.Fatal(err)
+				}
+				h.Close()
+				m.write(newer, B)
+			}
+			var logBuf bytes.Buffer
+			openTestJournal(t, dir, maxData, log.New(&logBuf, "", 0))
+			if !strings.Contains(logBuf.String(), tc.want) {
+				t.Errorf("log = %q, want a line with %q", logBuf.String(), tc.want)
+			}
+			e.check(e.open(), m)
+			if left := parkedNames(t, dir); len(left) != 0 {
+				t.Errorf("parked journals left after replay: %v, want none", left)
+			}
+		})
+	}
+}
+
+// TestJournalReplayOrder checks that parked journals are replayed before
+// the journal, whose records are newer: a write the parked journal holds
+// (blocks 1 and 2, torn in the file) and a later one the journal holds
+// (block 1, recorded but not begun when the mount died) both end up in
+// the file, the later one last.
+func TestJournalReplayOrder(t *testing.T) {
+	const B = 4096
+	const name = "kmsfs.journal.00000000000000a2"
+	maxData := journalMaxData(layout(B))
+	for _, writable := range []bool{true, false} {
+		t.Run(fmt.Sprintf("writable=%v", writable), func(t *testing.T) {
+			dir := t.TempDir()
+			r := rand.New(rand.NewPCG(41, 1))
+			e, m, c := tornFile(t, dir, "f", B, 3, r, 1, 2)
+			older := randBytes(r, 2*B)
+			rec, ct := sealBlocks(t, e, c, 1, older)
+			putJournal(t, dir, name, maxData, newJournalKeyer(t), slotWrite{0, rec, ct})
+			later := randBytes(r, B)
+			rec2, ct2 := sealBlocks(t, e, c, 1, later)
+			putJournal(t, dir, JournalName, maxData, newJournalKeyer(t), slotWrite{5, rec2, ct2})
+
+			var logBuf bytes.Buffer
+			j, err := openJournalErr(t, dir, maxData, newJournalKeyer(t), writable, log.New(&logBuf, "", 0))
+			if err != nil || j == nil {
+				t.Fatalf("OpenJournal = %v, %v; want a journal, nil", j, err)
+			}
+			m.write(older, B)
+			m.write(later, B)
+			e.check(e.open(), m)
+			// The same write's line, but for the journal it came from.
+			parkedAt, mainAt := -1, -1
+			for i, line := range strings.Split(logBuf.String(), "\n") {
+				switch line {
+				case "kmsfs: completed an interrupted write to f (8248 bytes at 8220) from parked write journal " + name:
+					parkedAt = i
+				case "kmsfs: completed an interrupted write to f (4124 bytes at 8220)":
+					mainAt = i
+				}
+			}
+			if parkedAt < 0 || mainAt < 0 || parkedAt > mainAt {
+				t.Errorf("log = %q, want the parked journal's write (line %d) completed before the journal's (line %d)", logBuf.String(), parkedAt, mainAt)
+			}
+		})
+	}
+}
+
+// failLoadKeyer is a keyer whose key service fails: it loads no key.
+type failLoadKeyer struct {
+	*fakeKeyer
+	err error
+}
+
+func (k failLoadKeyer) Load(context.Context, int, func() string) (Key, error) {
+	return nil, k.err
+}
+
+// TestJournalParkUnloadable checks that a writable mount that cannot
+// load the key of the records in the journal, whatever its keyer, parks
+// the journal (the same bytes, under a parked name) instead of clearing
+// it, logs it and starts a new journal; that a read-only mount leaves it
+// in place; and that a later mount that loads the key replays it.
+func TestJournalParkUnloadable(t *testing.T) {
+	const B = 4096
+	l := layout(B)
+	maxData := journalMaxData(l)
+	for _, tc := range []struct {
+		name string
+		// journal made the journal's key, mount cannot load it, later can.
+		journal, mount, later func(t testing.TB) Keyer
+		want                  string // in the log of the writable mount
+	}{
+		{"another volume's key",
+			func(t testing.TB) Keyer { return newFakeKeyer(t, l, 2) },
+			func(t testing.TB) Keyer { return newJournalKeyer(t) },
+			func(t testing.TB) Keyer { return newFakeKeyer(t, l, 2) },
+			"the write journal's key cannot be loaded"},
+		{"key service down",
+			func(t testing.TB) Keyer { return newJournalKeyer(t) },
+			func(t testing.TB) Keyer { return failLoadKeyer{newJournalKeyer(t), errors.New("key service down")} },
+			func(t testing.TB) Keyer { return newJournalKeyer(t) },
+			"the write journal's key cannot be loaded (key service down)"},
+		{"write-only mount",
+			func(t testing.TB) Keyer { return newJournalKeyer(t) },
+			func(t testing.TB) Keyer { return writeOnlyKeyer{newFakeKeyer(t, l, 0x77)} },
+			func(t testing.TB) Keyer { return newJournalKeyer(t) },
+			"this write-only mount cannot open"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			r := rand.New(rand.NewPCG(42, 1))
+			e, m, c := tornFile(t, dir, "f", B, 3, r, 1)
+			newBlock := randBytes(r, B)
+			rec, ct := sealBlocks(t, e, c, 1, newBlock)
+			putJournal(t, dir, JournalName, maxData, tc.journal(t), slotWrite{3, rec, ct})
+			jb := journalBytes(t, dir)
+			torn := e.backing()
+
+			// Read-only: replayed if it can be, never moved or cleared.
+			if _, err := openJournalErr(t, dir, maxData, tc.mount(t), false, nil); err != nil {
+				t.Fatalf("read-only OpenJournal = %v, want nil", err)
+			}
+			if got := journalBytes(t, dir); !bytes.Equal(got, jb) || len(parkedNames(t, dir)) != 0 {
+				t.Fatalf("a read-only mount changed or parked the journal (parked: %v)", parkedNames(t, dir))
+			}
+
+			var logBuf bytes.Buffer
+			j, err := openJournalErr(t, dir, maxData, tc.mount(t), true, log.New(&logBuf, "", 0))
+			if err != nil {
+				t.Fatalf("OpenJournal = %v, want nil", err)
+			}
+			parked := parkedNames(t, dir)
+			if len(parked) != 1 {
+				t.Fatalf("parked journals %v, want one", parked)
+			}
+			if got, err := os.ReadFile(filepath.Join(dir, parked[0])); err != nil || !bytes.Equal(got, jb) {
+				t.Errorf("the parked journal is not the journal as it was (%v)", err)
+			}
+			if !strings.Contains(logBuf.String(), tc.want) || !strings.Contains(logBuf.String(), "kept as "+parked[0]) {
+				t.Errorf("log = %q, want %q and where the records were kept", logBuf.String(), tc.want)
+			}
+			if !bytes.Equal(e.backing(), torn) {
+				t.Errorf("the file changed: the record was replayed")
+			}
+			checkJournalClear(t, dir, j.slotSize)
+
+			logBuf.Reset()
+			openJournalErr(t, dir, maxData, tc.later(t), true, log.New(&logBuf, "", 0))
+			if want := "completed an interrupted write to f (4124 bytes at 8220) from parked write journal " + parked[0]; !strings.Contains(logBuf.String(), want) {
+				t.Errorf("log of the later mount = %q, want %q", logBuf.String(), want)
+			}
+			if left := parkedNames(t, dir); len(left) != 0 {
+				t.Errorf("parked journals left after replay: %v, want none", left)
+			}
+			m.write(newBlock, B)
+			e.check(e.open(), m)
+		})
+	}
+}
+
+// TestJournalParkedPlanted checks that whatever has a parked name but is
+// not a journal is left as it is, and logged: nothing but a regular file
+// is opened (a FIFO or device must neither hang the mount nor be
+// removed), and a regular file that does not look like a journal (an old
+// file of a volume with names in clear) is neither cleared nor removed,
+// even when the volume's key opens its header.
+func TestJournalParkedPlanted(t *testing.T) {
+	const B = 4096
+	const name = "kmsfs.journal.00000000000000b3"
+	maxData := journalMaxData(layout(B))
+	outside := filepath.Join(t.TempDir(), "outside")
+	if err := os.WriteFile(outside, []byte("outside"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		plant func(t *testing.T, dir, path string)
+		want  string // in the log line naming the file
+	}{
+		{"fifo", func(t *testing.T, _, path string) {
+			if err := syscall.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a regular file (a FIFO)"},
+		{"character device", func(t *testing.T, _, path string) {
+			if err := syscall.Mknod(path, syscall.S_IFCHR|0o600, int(unix.Mkdev(1, 3))); err != nil {
+				t.Skipf("mknod: %v", err)
+			}
+		}, "not a regular file (a device)"},
+		{"symlink", func(t *testing.T, _, path string) {
+			if err := os.Symlink(outside, path); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a regular file (a symlink)"},
+		{"directory", func(t *testing.T, _, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a regular file (a directory)"},
+		{"empty file", func(t *testing.T, _, path string) {
+			if err := os.WriteFile(path, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a write journal (0 bytes"},
+		{"short file", func(t *testing.T, _, path string) {
+			if err := os.WriteFile(path, []byte("shopping list"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a write journal (13 bytes"},
+		{"file of the volume", func(t *testing.T, dir, _ string) {
+			// Its header opens with the volume's key, as a journal's would.
+			e := newEnvIn(t, dir, name, B, nil)
+			e.keyer = newJournalKeyer(t)
+			e.cfg.Keys = e.keyer
+			h := e.open()
+			if _, err := h.WriteAt(ctx, randBytes(rand.New(rand.NewPCG(43, 1)), 3*B), 0); err != nil {
+				t.Fatal(err)
+			}
+			h.Close()
+		}, "not a write journal (the record page of slot 0 does not start with the journal magic)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, name)
+			tc.plant(t, dir, path)
+			var before unix.Stat_t
+			if err := unix.Lstat(path, &before); err != nil {
+				t.Fatal(err)
+			}
+			var content []byte
+			if before.Mode&unix.S_IFMT == unix.S_IFREG {
+				content, _ = os.ReadFile(path)
+			}
+			bd, err := backing.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bd.Close()
+			var logBuf bytes.Buffer
+			type opened struct {
+				j   *Journal
+				err error
+			}
+			done := make(chan opened, 1)
+			go func() {
+				j, err := OpenJournal(ctx, bd, maxData, newJournalKeyer(t), true, log.New(&logBuf, "", 0))
+				done <- opened{j, err}
+			}()
+			select {
+			case o := <-done:
+				if o.err != nil {
+					t.Fatalf("OpenJournal = %v, want nil", o.err)
+				}
+				o.j.Close()
+			case <-time.After(10 * time.Second):
+				t.Fatal("OpenJournal hangs")
+			}
+			if want := "kmsfs: parked write journal " + name + ": " + tc.want; !strings.Contains(logBuf.String(), want) {
+				t.Errorf("log = %q, want %q", logBuf.String(), want)
+			}
+			var after unix.Stat_t
+			if err := unix.Lstat(path, &after); err != nil {
+				t.Fatalf("%s is gone: %v", name, err)
+			}
+			if after.Ino != before.Ino || after.Mode != before.Mode {
+				t.Errorf("%s was replaced: mode %#o, want %#o", name, after.Mode, before.Mode)
+			}
+			if content != nil {
+				if got, _ := os.ReadFile(path); !bytes.Equal(got, content) {
+					t.Errorf("%s changed", name)
+				}
+			}
+			if got, _ := os.ReadFile(outside); string(got) != "outside" {
+				t.Errorf("the file outside changed: %q", got)
+			}
+		})
+	}
+}
+
+// TestJournalParkedCap checks that a mount replays at most maxParked
+// parked journals, the oldest, and says so; the next mount does the
+// rest.
+func TestJournalParkedCap(t *testing.T) {
+	const B = 4096
+	const n = maxParked + 6
+	maxData := journalMaxData(layout(B))
+	dir := t.TempDir()
+	keys := newJournalKeyer(t)
+	var names []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("kmsfs.journal.%016x", i))
+		putJournal(t, dir, names[i], maxData, keys)
+	}
+	var logBuf bytes.Buffer
+	openTestJournal(t, dir, maxData, log.New(&logBuf, "", 0))
+	if got := parkedNames(t, dir); !slices.Equal(got, names[maxParked:]) {
+		t.Errorf("parked journals left after a mount: %v, want the newest %v", got, names[maxParked:])
+	}
+	if want := fmt.Sprintf("%d parked write journals: this mount looks at the %d oldest and leaves the other 6", n, maxParked); !strings.Contains(logBuf.String(), want) {
+		t.Errorf("log = %q, want %q", logBuf.String(), want)
+	}
+	openTestJournal(t, dir, maxData, nil)
+	if got := parkedNames(t, dir); len(got) != 0 {
+		t.Errorf("parked journals left after two mounts: %v, want none", got)
+	}
+}
+
+// TestJournalParkedLog checks that what is logged about a parked journal
+// whose records are not replayed names the parked file.
+func TestJournalParkedLog(t *testing.T) {
+	const B = 4096
+	const name = "kmsfs.journal.00000000000000c4"
+	l := layout(B)
+	maxData := journalMaxData(l)
+	for _, tc := range []struct {
+		name string
+		keys func(t testing.TB) Keyer
+		// change changes the record of slot 1.
+		change func(r *record)
+		want   string
+	}{
+		{"key cannot be loaded", func(t testing.TB) Keyer { return newFakeKeyer(t, l, 2) }, nil,
+			"kmsfs: parked write journal " + name + ": its key cannot be loaded ("},
+		{"another file ID", func(t testing.TB) Keyer { return newJournalKeyer(t) }, func(r *record) { r.fileID[0] ^= 1 },
+			"kmsfs: parked write journal " + name + " slot 1 (f): not replayed: the file has another file ID"},
+		{"missing file", func(t testing.TB) Keyer { return newJournalKeyer(t) }, func(r *record) { r.path = "gone" },
+			"kmsfs: parked write journal " + name + " slot 1 (gone): not replayed: no such file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			r := rand.New(rand.NewPCG(44, 1))
+			e, _, c := tornFile(t, dir, "f", B, 2, r, 1)
+			rec, ct := sealBlocks(t, e, c, 1, randBytes(r, B))
+			if tc.change != nil {
+				tc.change(&rec)
+			}
+			putJournal(t, dir, name, maxData, tc.keys(t), slotWrite{1, rec, ct})
+			torn := e.backing()
+			var logBuf bytes.Buffer
+			openTestJournal(t, dir, maxData, log.New(&logBuf, "", 0))
+			if !strings.Contains(logBuf.String(), tc.want) {
+				t.Errorf("log = %q, want %q", logBuf.String(), tc.want)
+			}
+			if !bytes.Equal(e.backing(), torn) {
+				t.Errorf("the file changed")
+			}
+		})
+	}
+}
+
+// TestJournalParkReopenFails checks who closes what when park cannot
+// open the new journal after moving the old one aside: the descriptor
+// of the parked file stays open and in j.fd, for the caller to close
+// once; and that when it can, j.fd is the new journal and the parked
+// file's descriptor is closed.
+func TestJournalParkReopenFails(t *testing.T) {
+	maxData := journalMaxData(layout(4096))
+	for _, fail := range []bool{true, false} {
+		t.Run(fmt.Sprintf("reopen fails=%v", fail), func(t *testing.T) {
+			dir := t.TempDir()
+			bd, err := backing.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bd.Close()
+			j := openTestJournal(t, dir, maxData, nil)
+			old := j.fd
+			oldIno := inode(t, filepath.Join(dir, JournalName))
+			reopen := func() (int, error) { return openJournalFile(bd, syscall.O_RDWR|syscall.O_CREAT) }
+			if fail {
+				reopen = func() (int, error) { return -1, errors.New("no new journal") }
+			}
+			err = j.park(bd, errors.New("key service down"), reopen)
+			parked := parkedNames(t, dir)
+			if len(parked) != 1 || inode(t, filepath.Join(dir, parked[0])) != oldIno {
+				t.Fatalf("parked journals %v, want the journal", parked)
+			}
+			var st syscall.Stat_t
+			if fail {
+				if err == nil || !strings.Contains(err.Error(), "no new journal") {
+					t.Fatalf("park = %v, want the reopen's error", err)
+				}
+				if j.fd != old || syscall.Fstat(j.fd, &st) != nil || st.Ino != oldIno {
+					t.Fatalf("after a failed park, j.fd = %d (inode %d), want %d still open on the parked file (inode %d)", j.fd, st.Ino, old, oldIno)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("park = %v, want nil", err)
+			}
+			if syscall.Fstat(j.fd, &st) != nil || st.Ino != inode(t, filepath.Join(dir, JournalName)) {
+				t.Errorf("after park, j.fd = %d is not the new journal", j.fd)
+			}
+			if _, err := unix.FcntlInt(uintptr(old), unix.F_GETFD, 0); err != unix.EBADF {
+				t.Errorf("after park, the parked file's descriptor %d: F_GETFD = %v, want EBADF (closed)", old, err)
+			}
+		})
 	}
 }
