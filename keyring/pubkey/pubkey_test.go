@@ -553,3 +553,23 @@ func FuzzParsePublicKey(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkWrap measures wrapping a data key under an RSA-2048 public key
+// (what a new data key costs a write-only machine; docs/KEYS.md).
+func BenchmarkWrap(b *testing.B) {
+	k, err := New("fake+rsa://k", &rsaKey(b).PublicKey, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dk, err := keyring.NewRandomKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dk.Destroy()
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := k.Wrap(ctx, dk, []byte("context")); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
