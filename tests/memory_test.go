@@ -188,6 +188,12 @@ func TestKeysInMemory(t *testing.T) {
 	if r := v.kmsfs("version"); r.code == 0 {
 		t.Logf("daemon: %s", strings.TrimSpace(r.stdout))
 	}
+	// Asynchronous preemption would save a goroutine's registers (key
+	// material included) in signal frames no one erases: the daemon runs
+	// without it, whatever its environment said.
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err != nil || !bytes.Contains(env, []byte("asyncpreemptoff=1")) {
+		t.Errorf("the daemon's environment (%v) lacks GODEBUG=asyncpreemptoff=1", err)
+	}
 
 	// closed.txt is written, closed, opened again, read and closed: its
 	// keys must be gone. open.txt stays open during the scan: its content

@@ -83,6 +83,7 @@ cat, decrypt).
 `
 
 func main() {
+	execWithoutAsyncPreemption()
 	if isMountHelper(os.Args[0]) {
 		os.Exit(runMountHelper(os.Args[1:]))
 	}
