@@ -145,14 +145,16 @@ func (c *Cache) armLocked() {
 }
 
 // touch restarts the time to live of id (the last handle of a file using
-// it was just closed).
-func (c *Cache) touch(id [32]byte) {
+// it was just closed) and reports whether id is cached.
+func (c *Cache) touch(id [32]byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[id]; ok {
+	el, ok := c.entries[id]
+	if ok {
 		el.Value.(*cacheEntry).used = c.now()
 		c.lru.MoveToFront(el)
 	}
+	return ok
 }
 
 func (c *Cache) removeLocked(el *list.Element) {
@@ -224,8 +226,14 @@ type cachingKeyring struct {
 // files stays cached while they are made, even if it was generated long
 // before (fetched ahead).
 func (c *Cache) Keep(uri string, wrapped, encCtx []byte, dk *Key) {
-	if c.enabled() {
-		c.put(cacheID(uri, wrapped, encCtx), dk)
+	if !c.enabled() {
+		return
+	}
+	// Called for every new file: touch the entry in place, and seal a new
+	// copy only when there is none.
+	id := cacheID(uri, wrapped, encCtx)
+	if !c.touch(id) {
+		c.put(id, dk)
 	}
 }
 

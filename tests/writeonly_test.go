@@ -50,6 +50,34 @@ func otherMachine(t *testing.T, v *volume) *volume {
 	return o
 }
 
+// rsaKeyVolume creates a Tencent RSA-2048 key in e and a volume whose
+// cipher dir is empty (not initialised, no local key), and writes the
+// key's public key as a PEM file beside it, as a user downloads it.
+func rsaKeyVolume(t *testing.T, e *cloudEmu) (v *volume, keyID, uri, pemPath string) {
+	t.Helper()
+	k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := e.s.PublicKeyPEM(k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v = newVolume(t, notMounted())
+	if err := os.RemoveAll(v.cipherDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(v.cipherDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(v.keyPath)
+	pemPath = filepath.Join(v.dir, "backup-key.pem")
+	if err := os.WriteFile(pemPath, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return v, k.ID, "tencent-kms+rsa://ap-guangzhou/" + k.ID + "?endpoint=" + e.s.URL(), pemPath
+}
+
 // TestWriteOnlyMount is the backup-host pattern of docs/KEYS.md: a
 // machine holding only the public key of a KMS key (no credential that
 // works) writes a tree through a write-only mount, making no KMS call;
@@ -58,27 +86,7 @@ func otherMachine(t *testing.T, v *volume) *volume {
 // reads every byte; a disabled key stops it.
 func TestWriteOnlyMount(t *testing.T) {
 	e := startCloudEmulator(t)
-	k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri := "tencent-kms+rsa://ap-guangzhou/" + k.ID + "?endpoint=" + e.s.URL()
-	pub, err := e.s.PublicKeyPEM(k.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := newVolume(t, notMounted())
-	if err := os.RemoveAll(w.cipherDir); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(w.cipherDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(w.keyPath)
-	pemPath := filepath.Join(w.dir, "backup-key.pem")
-	if err := os.WriteFile(pemPath, pub, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	w, keyID, uri, pemPath := rsaKeyVolume(t, e)
 	// The writing machine holds no credential that works: any call it
 	// made would be refused (and counted).
 	setCloudEnv(t, "wrong", "wrong", "wrong")
@@ -208,14 +216,14 @@ func TestWriteOnlyMount(t *testing.T) {
 
 	// The key disabled in the KMS: decryption is refused, files open with
 	// EACCES.
-	if err := e.s.DisableKey(k.ID); err != nil {
+	if err := e.s.DisableKey(keyID); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = e.s.EnableKey(k.ID) })
+	t.Cleanup(func() { _ = e.s.EnableKey(keyID) })
 	if _, err := os.ReadFile(rd.path(unread)); errnoOf(err) != syscall.EACCES {
 		t.Errorf("reading with the key disabled: error = %v, want EACCES", err)
 	}
-	if err := e.s.EnableKey(k.ID); err != nil {
+	if err := e.s.EnableKey(keyID); err != nil {
 		t.Fatal(err)
 	}
 	checkContent(t, rd.path(unread), want[unread], bs)
@@ -313,17 +321,7 @@ func TestAsymmetricKeysMount(t *testing.T) {
 // making the volume, and says so.
 func TestAsymmetricInitRefusesUndecryptable(t *testing.T) {
 	e := startCloudEmulator(t)
-	k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri := "tencent-kms+rsa://ap-guangzhou/" + k.ID + "?endpoint=" + e.s.URL()
-	pub, _ := e.s.PublicKeyPEM(k.ID)
-	v := newVolume(t, notMounted())
-	os.RemoveAll(v.cipherDir)
-	os.Mkdir(v.cipherDir, 0o700)
-	pemPath := filepath.Join(v.dir, "pub.pem")
-	os.WriteFile(pemPath, pub, 0o644)
+	v, _, uri, pemPath := rsaKeyVolume(t, e)
 	setCloudEnv(t, "wrong", "wrong", "wrong")
 	r := v.kmsfs("init", "--key", uri, "--public-key", pemPath, v.cipherDir)
 	if r.code != exitNoKey || !strings.Contains(r.stderr, "--write-only") {
@@ -452,17 +450,7 @@ func TestPublicKeyForgeryRefused(t *testing.T) {
 // than the cache's time to live reads back.
 func TestWriteOnlyReadBackAfterIdle(t *testing.T) {
 	e := startCloudEmulator(t)
-	k, err := e.s.CreateKey(kmsemu.KeySpec{Cloud: kmsemu.Tencent, Region: "ap-guangzhou", Spec: "RSA_2048"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri := "tencent-kms+rsa://ap-guangzhou/" + k.ID + "?endpoint=" + e.s.URL()
-	pub, _ := e.s.PublicKeyPEM(k.ID)
-	w := newVolume(t, notMounted())
-	os.RemoveAll(w.cipherDir)
-	os.Mkdir(w.cipherDir, 0o700)
-	pemPath := filepath.Join(w.dir, "pub.pem")
-	os.WriteFile(pemPath, pub, 0o644)
+	w, _, uri, pemPath := rsaKeyVolume(t, e)
 	setCloudEnv(t, "wrong", "wrong", "wrong")
 	if r := w.kmsfs("init", "--write-only", "--key", uri, "--public-key", pemPath, w.cipherDir); r.code != exitOK {
 		t.Fatalf("%v\nwant exit 0", r)

@@ -49,6 +49,16 @@ func slotTag(sk []byte, uri string, encCtx, e []byte) []byte {
 	return m.Sum(nil)
 }
 
+// splitTag splits the stored wrapped key of a public-key slot into its
+// encryption E and tag T; ok is false if it is too short to hold both.
+func splitTag(s header.Slot) (e, t []byte, ok bool) {
+	n := len(s.Wrapped) - slotTagSize
+	if n <= 0 {
+		return nil, nil, false
+	}
+	return s.Wrapped[:n], s.Wrapped[n:], true
+}
+
 // tagSlot returns the stored wrapped key of a slot of key uri: e itself
 // for a symmetric key, e and its tag for a public-key one.
 func (v *Volume) tagSlot(uri string, encCtx, e []byte) ([]byte, error) {
@@ -72,10 +82,10 @@ func (v *Volume) slotCiphertext(s header.Slot, deferTag bool) ([]byte, error) {
 	if !pubkey.IsURI(s.URI) {
 		return s.Wrapped, nil
 	}
-	if len(s.Wrapped) <= slotTagSize {
+	e, t, ok := splitTag(s)
+	if !ok {
 		return nil, fmt.Errorf("%s: %w: %w", keyring.RedactURI(s.URI), keyring.ErrUnwrap, errSlotTag)
 	}
-	e, t := s.Wrapped[:len(s.Wrapped)-slotTagSize], s.Wrapped[len(s.Wrapped)-slotTagSize:]
 	v.cfgMu.RLock()
 	sk := v.slotKey
 	v.cfgMu.RUnlock()
@@ -99,8 +109,8 @@ func checkConfigSlot(cfg *Config, s header.Slot) error {
 	if len(cfg.SlotKey) != SlotKeySize {
 		return fmt.Errorf("%w: opened by a public-key slot, but it holds no slot key", ErrBadConfig)
 	}
-	e, t := s.Wrapped[:len(s.Wrapped)-slotTagSize], s.Wrapped[len(s.Wrapped)-slotTagSize:]
-	if !hmac.Equal(t, slotTag(cfg.SlotKey, s.URI, s.Context, e)) {
+	e, t, ok := splitTag(s)
+	if !ok || !hmac.Equal(t, slotTag(cfg.SlotKey, s.URI, s.Context, e)) {
 		return fmt.Errorf("%w: %w", ErrBadConfig, errSlotTag)
 	}
 	return nil

@@ -861,8 +861,8 @@ func (v *Volume) keepSlot(s header.Slot, dk *keyring.Key) {
 // slotE is the wrapped key of s as its keyring knows it: without the tag
 // of a public-key slot.
 func slotE(s header.Slot) []byte {
-	if pubkey.IsURI(s.URI) && len(s.Wrapped) > slotTagSize {
-		return s.Wrapped[:len(s.Wrapped)-slotTagSize]
+	if e, _, ok := splitTag(s); ok && pubkey.IsURI(s.URI) {
+		return e
 	}
 	return s.Wrapped
 }
