@@ -15,6 +15,7 @@ package blockcipher
 
 import (
 	"crypto/cipher"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -70,6 +71,10 @@ type Cipher struct {
 	aead   cipher.AEAD
 	fileID [FileIDSize]byte
 	l      Layout
+	// explicit is set when aead takes the nonce from the caller (a
+	// version-3 file's Cipher, see New3); otherwise aead draws it and
+	// stores it before the ciphertext.
+	explicit bool
 }
 
 // New returns a Cipher for the file with the given 32-byte content key and
@@ -91,6 +96,54 @@ func New(contentKey []byte, fileID [FileIDSize]byte, l Layout) (*Cipher, error) 
 		return nil, fmt.Errorf("blockcipher: gcm overhead is %d bytes, want %d", aead.Overhead(), Overhead)
 	}
 	return &Cipher{aead: aead, fileID: fileID, l: l}, nil
+}
+
+// New3 returns a Cipher for a version-3 file (docs/FORMAT.md "Regular
+// files, version 3"): besides the methods of version 3 it has SealBlock and
+// OpenBlock, with the stored form nonce || ciphertext || tag, as every
+// Cipher has (the write journal seals its records with them).
+func New3(contentKey []byte, fileID [FileIDSize]byte, blockSize int) (*Cipher, error) {
+	if len(contentKey) != KeySize {
+		return nil, fmt.Errorf("blockcipher: content key is %d bytes, want %d", len(contentKey), KeySize)
+	}
+	l := Layout{BlockSize: blockSize, DataOffset: PageSize}
+	if err := l.check(); err != nil {
+		return nil, fmt.Errorf("blockcipher: layout: %w", err)
+	}
+	aead, err := secmem.NewAESGCM(contentKey, false)
+	if err != nil {
+		return nil, fmt.Errorf("blockcipher: %w", err)
+	}
+	if aead.Overhead() != TagSize || aead.NonceSize() != NonceSize {
+		secmem.Wipe(aead)
+		return nil, fmt.Errorf("blockcipher: gcm tag is %d bytes, want %d", aead.Overhead(), TagSize)
+	}
+	return &Cipher{aead: aead, fileID: fileID, l: l, explicit: true}, nil
+}
+
+// seal appends nonce || GCM ciphertext || tag of plain to dst, drawing the
+// nonce.
+func (c *Cipher) seal(dst, plain, ad []byte) []byte {
+	if !c.explicit {
+		return c.aead.Seal(dst, nil, plain, ad)
+	}
+	start := len(dst)
+	dst = grow(dst, NonceSize)
+	if _, err := rand.Read(dst[start:]); err != nil {
+		panic(fmt.Sprintf("blockcipher: random nonce: %v", err))
+	}
+	return c.aead.Seal(dst, dst[start:start+NonceSize], plain, ad)
+}
+
+// open is the inverse of seal.
+func (c *Cipher) open(dst, stored, ad []byte) ([]byte, error) {
+	if !c.explicit {
+		return c.aead.Open(dst, nil, stored, ad)
+	}
+	if len(stored) < NonceSize+TagSize {
+		return dst, ErrAuth
+	}
+	return c.aead.Open(dst, stored[:NonceSize], stored[NonceSize:], ad)
 }
 
 // Wipe overwrites the Cipher's copy of the content key (the AES key
@@ -132,7 +185,7 @@ func (c *Cipher) SealBlock(dst, plain []byte, blockNo uint64) []byte {
 	}
 	ad := getAD()
 	defer putAD(ad)
-	return c.aead.Seal(dst, nil, plain, c.ad(ad, blockNo))
+	return c.seal(dst, plain, c.ad(ad, blockNo))
 }
 
 // OpenBlock decrypts block, the stored bytes of block blockNo, and appends
@@ -157,7 +210,7 @@ func (c *Cipher) openAppend(dst, block []byte, blockNo uint64, ad *adBuf) ([]byt
 		clear(dst[n:])
 		return dst, nil
 	}
-	out, err := c.aead.Open(dst, nil, block, c.ad(ad, blockNo))
+	out, err := c.open(dst, block, c.ad(ad, blockNo))
 	if err != nil {
 		return dst, &BlockError{Block: blockNo, Err: ErrAuth}
 	}
@@ -252,7 +305,7 @@ func (c *Cipher) sealRange(out, plain []byte, firstBlock uint64, lo, hi int) {
 	defer putAD(ad)
 	for i := lo; i < hi; i++ {
 		p := plain[i*b : min((i+1)*b, len(plain))]
-		c.aead.Seal(out[i*cb:i*cb], nil, p, c.ad(ad, firstBlock+uint64(i)))
+		c.seal(out[i*cb:i*cb], p, c.ad(ad, firstBlock+uint64(i)))
 	}
 }
 
