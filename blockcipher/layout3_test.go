@@ -82,7 +82,7 @@ func TestLayout3Offsets(t *testing.T) {
 			}
 		}
 	}
-	if end := l.EntryOff(uint64(l.G0) - 1) + EntrySize; end > PageSize {
+	if end := l.EntryOff(uint64(l.G0)-1) + EntrySize; end > PageSize {
 		t.Fatalf("group 0 entries end at %d", end)
 	}
 	if end := l.EntryOff(uint64(l.G0)+GroupBlocks-1) + EntrySize - l.MetaOff(1); end > PageSize {
