@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,6 +63,10 @@ type Config struct {
 	// Journal makes block writes atomic against a crash of the process;
 	// nil writes without it.
 	Journal *Journal
+	// V3 is the layout of version-3 files (docs/FORMAT.md "Regular files,
+	// version 3"); nil for the files of versions 1 and 2, which Layout
+	// describes.
+	V3 *blockcipher.Layout3
 }
 
 // File is the state one backing file (inode) shares between its open
@@ -88,6 +93,10 @@ type File struct {
 	// Handle.KeepCache).
 	seen   fileStamp
 	seenOK bool
+	// okSize is a backing size of a version-3 paged file found
+	// consistent with its size records (or written so by this File); 0
+	// when none is known.
+	okSize atomic.Int64
 	// broken, once set, fails every read and write of the file: a
 	// re-encryption failed after its commit point, so the backing file
 	// may hold blocks of two keys until the next mount finishes it.
@@ -223,6 +232,7 @@ func (f *File) loadKeyLocked(ctx context.Context, fd int) error {
 		return err
 	}
 	f.key = k
+	f.okSize.Store(0)
 	return nil
 }
 
@@ -274,6 +284,10 @@ func (f *File) sizes(fd int) (plain, cipher int64, err error) {
 	if st.Size == 0 {
 		return 0, 0, nil
 	}
+	if f.v3() {
+		p, err := f.cfg.V3.PlainSize(st.Size)
+		return p, st.Size, err
+	}
 	p, err := f.cfg.Layout.PlainSize(st.Size)
 	return p, st.Size, err
 }
@@ -299,6 +313,9 @@ func (h *Handle) Read(p []byte, off int64) (int, error) {
 	defer f.mu.RUnlock()
 	if f.broken != nil {
 		return 0, f.broken
+	}
+	if f.v3() {
+		return f.readLocked3(h.fd, p, off)
 	}
 	return f.readLocked(h.fd, &h.direct, p, off)
 }
@@ -329,7 +346,11 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	if f.broken != nil {
 		return 0, f.broken
 	}
-	if err := f.writeLocked(ctx, h.fd, &h.wb, p, off); err != nil {
+	write := func() error { return f.writeLocked(ctx, h.fd, &h.wb, p, off) }
+	if f.v3() {
+		write = func() error { return f.writeLocked3(ctx, h.fd, p, off) }
+	}
+	if err := write(); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -347,7 +368,16 @@ func (h *Handle) Truncate(ctx context.Context, size int64) error {
 	if f.broken != nil {
 		return f.broken
 	}
-	return f.truncateLocked(ctx, h.fd, size)
+	return f.resizeLocked(ctx, h.fd, size)
+}
+
+// resizeLocked sets the plaintext size, for any version; f.mu is held
+// exclusively.
+func (f *File) resizeLocked(ctx context.Context, fd int, size int64) error {
+	if f.v3() {
+		return f.truncateLocked3(ctx, fd, size)
+	}
+	return f.truncateLocked(ctx, fd, size)
 }
 
 // Sync flushes the backing file to stable storage (its data only, if
@@ -395,13 +425,16 @@ func (h *Handle) reserve(ctx context.Context, off, size int64, mode uint32) erro
 			return err
 		}
 		if end > p {
-			if err := f.truncateLocked(ctx, h.fd, end); err != nil {
+			if err := f.resizeLocked(ctx, h.fd, end); err != nil {
 				return err
 			}
 		}
 	}
 	if f.key == nil {
 		return nil
+	}
+	if f.v3() {
+		return f.reserve3(h.fd, off, end)
 	}
 	l := f.cfg.Layout
 	cstart := l.BlockCipherOff(l.BlockNo(off))
@@ -429,10 +462,13 @@ func (h *Handle) zero(ctx context.Context, off, end int64, extend bool) error {
 	}
 	if extend && end > p {
 		// What the file grows by reads as zeros already.
-		if err := f.truncateLocked(ctx, h.fd, end); err != nil {
+		if err := f.resizeLocked(ctx, h.fd, end); err != nil {
 			return err
 		}
 		end = p
+	}
+	if f.v3() {
+		return f.zero3(h.fd, off, end)
 	}
 	end = min(end, p) // nothing to do past the end
 	if off >= end || f.key == nil {
@@ -517,6 +553,9 @@ func (h *Handle) Seek(off int64, whence int) (int64, error) {
 	defer f.mu.RUnlock()
 	if f.broken != nil {
 		return 0, f.broken
+	}
+	if f.v3() {
+		return f.seek3(h.fd, off, whence)
 	}
 	p, c, err := f.sizes(h.fd)
 	if err != nil && !errors.Is(err, blockcipher.ErrBadCipherSize) {
