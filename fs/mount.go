@@ -63,7 +63,7 @@ func Mount(v *volume.Volume, mountpoint string, o MountOptions) (*Server, error)
 		j.Close()
 		return nil, fmt.Errorf("mount: %w", err)
 	}
-	root, err := NewRoot(v, &cryptfile.Config{Layout: v.Layout, Keys: v, Journal: j})
+	root, err := NewRoot(v, &cryptfile.Config{Layout: v.Layout, Keys: v, Journal: j, V3: v.Layout3})
 	if err != nil {
 		j.Close()
 		return nil, fmt.Errorf("mount: %w", err)

@@ -269,7 +269,7 @@ func (t *tree) stableAttr(st *syscall.Stat_t, gen uint64) gofs.StableAttr {
 func (t *tree) fixAttr(a *fuse.Attr) {
 	switch a.Mode & syscall.S_IFMT {
 	case syscall.S_IFREG:
-		a.Size = uint64(cryptfile.StatSize(t.vol.Layout, int64(a.Size)))
+		a.Size = uint64(t.files.StatSize(int64(a.Size)))
 	case syscall.S_IFLNK:
 		if t.names != nil {
 			a.Size = linkSize(a.Size)

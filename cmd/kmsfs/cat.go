@@ -102,7 +102,7 @@ func runCat(args []string) int {
 		}
 		return errorf(exitError, "%s: %s", rel, what)
 	}
-	f := cryptfile.New(&cryptfile.Config{Layout: vol.Layout, Keys: vol}, func() string { return rel })
+	f := cryptfile.New(&cryptfile.Config{Layout: vol.Layout, Keys: vol, V3: vol.Layout3}, func() string { return rel })
 	h, err := f.Open(ctx, fd)
 	if err != nil {
 		return errorf(fileExitCode(err), "%s", printable(err.Error()))

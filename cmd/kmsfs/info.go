@@ -147,6 +147,7 @@ func runInfo(args []string) int {
 	code = exitOK
 	r.WriteOnly = rec.WriteOnly != nil
 	var cfgKeys []string
+	var l3 *blockcipher.Layout3
 	if len(rec.Keys)+len(rec.Retired)+len(extra) == 0 {
 		r.ConfigError = fmt.Sprintf("no key is trusted for this volume on this machine (see its keys and trust them with 'kmsfs trust %s', or name one with --key)", dir)
 		code = exitKey
@@ -166,6 +167,7 @@ func runInfo(args []string) int {
 			}
 			r.ReuseFiles, r.ReuseSeconds = max(c.ReuseFiles, 1), max(c.ReuseSeconds, 1)
 			cfgKeys = c.Keys
+			l3 = vol.Layout3
 			vol.Close()
 		}
 	}
@@ -195,7 +197,7 @@ func runInfo(args []string) int {
 		k.URI = keyring.RedactURI(k.URI)
 		r.Keys = append(r.Keys, k)
 	}
-	if err := countEntries(dir, bs, &r); err != nil {
+	if err := countEntries(dir, bs, l3, &r); err != nil {
 		return errorf(exitError, "%v", err)
 	}
 	if *asJSON {
@@ -214,7 +216,7 @@ func runInfo(args []string) int {
 // (also when the configuration could not be read, since then the names
 // are more likely encrypted, the default, than in clear and a file of
 // the volume named so).
-func countEntries(dir string, bs int, r *infoReport) error {
+func countEntries(dir string, bs int, l3 *blockcipher.Layout3, r *infoReport) error {
 	d, err := backing.Open(dir)
 	if err != nil {
 		return err
@@ -231,7 +233,11 @@ func countEntries(dir string, bs int, r *infoReport) error {
 				return nil
 			}
 			r.Files++
-			r.PlainBytes += cryptfile.StatSize(l, st.Size)
+			if l3 != nil {
+				r.PlainBytes += cryptfile.StatSize3(l3, st.Size)
+			} else {
+				r.PlainBytes += cryptfile.StatSize(l, st.Size)
+			}
 		case unix.S_IFDIR:
 			r.Dirs++
 		case unix.S_IFLNK:

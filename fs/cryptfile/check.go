@@ -89,7 +89,9 @@ func CheckBlocks(c *blockcipher.Cipher, l blockcipher.Layout, fd int, bad func(e
 // so every opener of a volume's journal (the mount, "kmsfs fsck") uses
 // this one value.
 func JournalDataSize(l blockcipher.Layout) int {
-	return (MaxRequest/l.BlockSize + 2) * l.CipherBlockSize()
+	// Also room for the largest write of a version-3 file: its blocks,
+	// and the entries (or whole metadata pages) of the groups it touches.
+	return max((MaxRequest/l.BlockSize+2)*l.CipherBlockSize(), MaxRequest+2*l.BlockSize+64<<10)
 }
 
 // PendingWrite is a record of the write journal: a write the server did

@@ -273,6 +273,15 @@ func StatSize(l blockcipher.Layout, cipherSize int64) int64 {
 	return p
 }
 
+// StatSize translates a backing file size into the plaintext size users
+// see, for the files of c's volume (see the function StatSize).
+func (c *Config) StatSize(cipherSize int64) int64 {
+	if c.V3 != nil {
+		return StatSize3(c.V3, cipherSize)
+	}
+	return StatSize(c.Layout, cipherSize)
+}
+
 // sizes returns the plaintext and backing sizes of the file behind fd.
 // A backing file with a damaged tail reports the size of its whole blocks
 // and ErrBadCipherSize.

@@ -50,6 +50,9 @@ type keySource struct {
 	encCtx []byte
 	files  int
 	age    time.Duration
+	// v1 makes headers of format version 1 whatever the volume's version
+	// (the configuration file's).
+	v1 bool
 
 	mu     sync.Mutex
 	cur    *sharedKey
@@ -229,11 +232,18 @@ func (ks *keySource) fileKeys(ctx context.Context) ([]byte, *fileKeys, error) {
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, nil, err
 	}
-	hdr, err := header.New(ks.v.shift, id, ks.cur.slots, ks.cur.dk.Bytes())
+	version := uint16(header.Version)
+	if ks.v.Layout3 != nil && !ks.v1 {
+		version = header.Version3
+	}
+	hdr, err := ks.v.newHeader(version, id, ks.cur.slots, ks.cur.dk.Bytes())
 	if err != nil {
 		return nil, nil, fmt.Errorf("new file header: %w", err)
 	}
-	fk, err := newFileKeysFrom(ks.cur.dk, id, ks.v.Layout)
+	dk := ks.cur.dk
+	fk, err := newFileKeysV(version, id, ks.v.Layout, func(ck []byte) error {
+		return header.Derive(ck, dk.Bytes(), id, header.ContentKey)
+	})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -106,6 +106,10 @@ type Config struct {
 	// SlotKey authenticates public-key slots (docs/FORMAT.md). Like
 	// NamesKey, the Volume moves it into locked memory and clears it.
 	SlotKey []byte `json:"slot_key,omitempty"`
+	// HeaderCopySize is the size C of the header copies of a version-3
+	// volume's files (docs/FORMAT.md "Header (version 3)"); absent in
+	// versions 1 and 2.
+	HeaderCopySize int `json:"header_copy_size,omitempty"`
 	// Pins, set by Init, are what a trust record pins of the new
 	// configuration (not part of it).
 	Pins Pins `json:"-"`
@@ -137,6 +141,10 @@ type InitOptions struct {
 	// PlaintextNames keeps names, symlink targets and extended attributes
 	// in clear (a version-2 volume with "names": "plaintext").
 	PlaintextNames bool
+	// FormatVersion is the configuration version to write: 3 (the
+	// default, when 0) or 2, for volumes that older kmsfs releases must
+	// read.
+	FormatVersion int
 	// WriteOnly leaves the names key in the returned configuration, for
 	// the caller to keep in the trust record of a write-only host (which
 	// cannot read kmsfs.conf back) and to clear.
@@ -150,8 +158,12 @@ type Volume struct {
 	Dir string
 	// Config is the authenticated configuration.
 	Config Config
-	// Layout is the block geometry of every file.
+	// Layout is the block geometry of every file of versions 1 and 2,
+	// and of the configuration file.
 	Layout blockcipher.Layout
+	// Layout3 is the geometry of the files of a version-3 volume; nil in
+	// versions 1 and 2.
+	Layout3 *blockcipher.Layout3
 	// Log receives one line per failed file or block; it never receives
 	// key material or file contents.
 	Log *log.Logger
@@ -308,7 +320,14 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	cfg := Config{Format: "kmsfs", Version: 2, VolumeID: hex.EncodeToString(id[:]), BlockSize: blockSize, Keys: keyURIs,
+	version := o.FormatVersion
+	if version == 0 {
+		version = 3
+	}
+	if version != 2 && version != 3 {
+		return nil, fmt.Errorf("init: format version %d; this kmsfs writes 2 and 3", version)
+	}
+	cfg := Config{Format: "kmsfs", Version: version, VolumeID: hex.EncodeToString(id[:]), BlockSize: blockSize, Keys: keyURIs,
 		ReuseFiles: o.ReuseFiles, ReuseSeconds: o.ReuseSeconds, Names: NamesPlaintext}
 	if !o.PlaintextNames {
 		cfg.Names = NamesSIV
@@ -330,6 +349,15 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 	v := &Volume{Dir: dir, dir: d, Config: cfg, Layout: layoutFor(blockSize), res: res, encCtx: EncryptionContext(cfg.VolumeID), shift: shift, Log: log.New(io.Discard, "", 0), trusted: map[string]bool{}, retired: map[string]bool{}}
 	for _, u := range keyURIs {
 		v.trusted[u] = true
+	}
+	if version == 3 {
+		// The header copies must hold the slots of every key: wrap a
+		// throwaway data key under each to learn their size.
+		c, err := v.copySizeFor(ctx, keyURIs)
+		if err != nil {
+			return nil, fmt.Errorf("init: %w", err)
+		}
+		cfg.HeaderCopySize = c
 	}
 	defer v.closeSlotKey()
 	if err := v.writeConfig(ctx, &cfg); err != nil {
@@ -657,11 +685,15 @@ func ParseConfig(plain []byte) (*Config, error) {
 	}()
 	id, err := hex.DecodeString(c.VolumeID)
 	switch {
-	case c.Format != "kmsfs" || (c.Version != 1 && c.Version != 2):
+	case c.Format != "kmsfs" || c.Version < 1 || c.Version > 3:
 		return nil, fmt.Errorf("%w: format %q version %d is not supported by this kmsfs", ErrBadConfig, c.Format, c.Version)
 	case c.Version == 1 && (c.Names != "" || c.NamesKey != nil):
 		return nil, fmt.Errorf("%w: a version-1 configuration with names settings", ErrBadConfig)
-	case c.Version == 2 && c.Names != NamesSIV && c.Names != NamesPlaintext:
+	case c.Version == 3 && (c.HeaderCopySize < header.MinCopySize || c.HeaderCopySize > header.MaxCopySize3 || c.HeaderCopySize%16 != 0):
+		return nil, fmt.Errorf("%w: header copy size %d, want a multiple of 16 from %d to %d", ErrBadConfig, c.HeaderCopySize, header.MinCopySize, header.MaxCopySize3)
+	case c.Version < 3 && c.HeaderCopySize != 0:
+		return nil, fmt.Errorf("%w: a header copy size in a version-%d configuration", ErrBadConfig, c.Version)
+	case c.Version >= 2 && c.Names != NamesSIV && c.Names != NamesPlaintext:
 		return nil, fmt.Errorf("%w: names %q, want %q or %q", ErrBadConfig, c.Names, NamesSIV, NamesPlaintext)
 	case c.Names == NamesSIV && len(c.NamesKey) != names.KeySize:
 		return nil, fmt.Errorf("%w: names key of %d bytes, want %d", ErrBadConfig, len(c.NamesKey), names.KeySize)
@@ -694,6 +726,11 @@ func ParseConfig(plain []byte) (*Config, error) {
 // its key list and reuse policy from now on.
 func (v *Volume) setConfig(cfg *Config) {
 	defer v.loaded.Store(true)
+	if cfg.Version >= 3 && v.Layout3 == nil {
+		if l, err := blockcipher.NewLayout3(cfg.BlockSize, header.PreambleSize+2*cfg.HeaderCopySize); err == nil {
+			v.Layout3 = &l
+		}
+	}
 	v.cfgMu.Lock()
 	v.Config = *cfg
 	v.encCtx = EncryptionContext(cfg.VolumeID)
@@ -761,6 +798,7 @@ func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 	}
 	defer clear(plain)
 	ks := newKeySource(v, cfg.Keys, 1, time.Second, 0)
+	ks.v1 = true // the configuration file keeps the layout of version 1
 	defer ks.close()
 	hdr, fk, err := ks.fileKeys(ctx)
 	if err != nil {
@@ -777,6 +815,26 @@ func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 		return fmt.Errorf("writing configuration: %w", err)
 	}
 	return syncDir(v.dir)
+}
+
+// copySizeFor returns the header copy size of a new version-3 volume
+// whose files are wrapped under uris: room for their slots, measured by
+// wrapping a throwaway data key, with some to spare (a wrapped key's
+// length may vary a little), and at least 1024 bytes.
+func (v *Volume) copySizeFor(ctx context.Context, uris []string) (int, error) {
+	ks := newKeySource(v, uris, 1, time.Second, 0)
+	defer ks.close()
+	k, err := ks.generate(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer k.destroy()
+	need := header.CopyNeeded(k.slots) + 64
+	c := max(1024, (need+15)/16*16)
+	if c > header.MaxCopySize3 {
+		return 0, fmt.Errorf("the key slots of %d keys need %d bytes per header copy; format version 3 holds at most %d (use fewer keys, or --format-version 2)", len(uris), need, header.MaxCopySize3)
+	}
+	return c, nil
 }
 
 // marshalConfig returns the JSON of cfg with the names key nk (nil for
@@ -896,8 +954,14 @@ func newFileKeysFrom(dk *keyring.Key, fileID [16]byte, l blockcipher.Layout) (*f
 }
 
 // newFileKeysWith returns the keys of file fileID with the content key
-// that fill writes into locked memory.
+// that fill writes into locked memory, for a file of format version 1.
 func newFileKeysWith(fileID [16]byte, l blockcipher.Layout, fill func(ck []byte) error) (*fileKeys, error) {
+	return newFileKeysV(header.Version, fileID, l, fill)
+}
+
+// newFileKeysV is newFileKeysWith for a file whose header has the given
+// version: version 3 files get a Cipher of version 3.
+func newFileKeysV(version uint16, fileID [16]byte, l blockcipher.Layout, fill func(ck []byte) error) (*fileKeys, error) {
 	ck, err := keyring.NewKey()
 	if err != nil {
 		return nil, err
@@ -906,7 +970,12 @@ func newFileKeysWith(fileID [16]byte, l blockcipher.Layout, fill func(ck []byte)
 		ck.Destroy()
 		return nil, err
 	}
-	c, err := blockcipher.New(ck.Bytes(), fileID, l)
+	var c *blockcipher.Cipher
+	if version == header.Version3 {
+		c, err = blockcipher.New3(ck.Bytes(), fileID, l.BlockSize)
+	} else {
+		c, err = blockcipher.New(ck.Bytes(), fileID, l)
+	}
 	if err != nil {
 		ck.Destroy()
 		return nil, err
@@ -930,6 +999,14 @@ func (v *Volume) New(ctx context.Context) ([]byte, cryptfile.Key, error) {
 		return nil, nil, err
 	}
 	return hdr, fk, nil
+}
+
+// newHeader returns the header of a new file of the given version.
+func (v *Volume) newHeader(version uint16, id [16]byte, slots []header.Slot, dk []byte) ([]byte, error) {
+	if version == header.Version3 {
+		return header.NewV3(v.shift, v.Config.HeaderCopySize, id, slots, dk)
+	}
+	return header.New(v.shift, id, slots, dk)
 }
 
 // RotateNewFileKeys drops the data key new files share and those fetched
@@ -957,7 +1034,7 @@ func (j journalKeys) WriteOnly() bool { return j.v.writeOnly }
 
 // Load reads and unlocks the journal's header.
 func (j journalKeys) Load(ctx context.Context, fd int, name func() string) (cryptfile.Key, error) {
-	return j.v.Load(ctx, fd, name)
+	return j.v.load(ctx, fd, name, true)
 }
 
 // New returns a header and key under a fresh data key.
@@ -1000,6 +1077,41 @@ const openReadahead = 128 << 10
 // name names the file in errors and log lines; it is called only for
 // them.
 func (v *Volume) Load(ctx context.Context, fd int, name func() string) (cryptfile.Key, error) {
+	return v.load(ctx, fd, name, false)
+}
+
+// parseHead parses the header at the start of b, the first bytes of a
+// backing file (up to a page): the whole header must be there.
+func parseHead(b []byte) (*header.Header, error) {
+	p, err := header.ParsePreamble(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < p.HeaderLen() {
+		return nil, fmt.Errorf("backing file of %d bytes, shorter than its %d-byte header", len(b), p.HeaderLen())
+	}
+	return header.Parse(b[:p.HeaderLen()])
+}
+
+// checkVersion checks that a header is of the version the volume's files
+// have: version 3 with the volume's copy size in a version-3 volume,
+// version 1 otherwise. The journal's header is always version 1.
+func (v *Volume) checkVersion(p header.Preamble, journal bool) error {
+	want3 := v.Layout3 != nil && !journal
+	switch {
+	case want3 && p.Version != header.Version3:
+		return fmt.Errorf("a file of format version %d in a volume of version 3", p.Version)
+	case !want3 && p.Version != header.Version:
+		return fmt.Errorf("a file of format version %d in a volume of version %d", p.Version, v.Config.Version)
+	case want3 && p.HeaderLen() != v.Layout3.HeaderLen:
+		return fmt.Errorf("header of %d bytes, the volume's files have %d", p.HeaderLen(), v.Layout3.HeaderLen)
+	}
+	return nil
+}
+
+// load is Load, for the journal (whose header is always version 1) if
+// journal is set.
+func (v *Volume) load(ctx context.Context, fd int, name func() string, journal bool) (cryptfile.Key, error) {
 	// Ask for the header and the first blocks in one disk read: a reader
 	// of the file comes for them next, and the kernel's readahead for a
 	// lone header read would stop short of them.
@@ -1012,12 +1124,13 @@ func (v *Volume) Load(ctx context.Context, fd int, name func() string) (cryptfil
 		return nil, err
 	case n == 0:
 		return nil, nil // no header yet
-	case n < header.Size:
-		return nil, fmt.Errorf("%s: %w", name(), errors.Join(ErrCorrupt, errors.New("backing file shorter than its header")))
 	}
-	h, err := header.Parse(buf[:])
+	h, err := parseHead(buf[:n])
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name(), errors.Join(ErrCorrupt, err))
+	}
+	if err := v.checkVersion(h.Preamble, journal); err != nil {
+		return nil, fmt.Errorf("%s: %w: %w", name(), ErrCorrupt, err)
 	}
 	fk, err := v.unlock(ctx, h, name())
 	if err != nil {
@@ -1075,7 +1188,7 @@ func (v *Volume) Stats() Stats {
 func (v *Volume) unlock(ctx context.Context, h *header.Header, name string) (*fileKeys, error) {
 	var u *unlocked
 	var dkErr error
-	fk, err := newFileKeysWith(h.Preamble.FileID, v.Layout, func(ck []byte) error {
+	fk, err := newFileKeysV(h.Preamble.Version, h.Preamble.FileID, v.Layout, func(ck []byte) error {
 		u, dkErr = v.unlockDK(ctx, h, name, ck)
 		return dkErr
 	})
