@@ -17,6 +17,9 @@ const (
 	kindSize   = 4
 )
 
+// V3 reports whether c is a Cipher of version 3 (made by New3).
+func (c *Cipher) V3() bool { return c.explicit }
+
 // must3 panics unless c is a version-3 Cipher (New3).
 func (c *Cipher) must3() {
 	if !c.explicit {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -137,13 +138,20 @@ func TestParsePreambleRejects(t *testing.T) {
 
 func TestParseLength(t *testing.T) {
 	b := testHeader(t)
-	for _, n := range []int{0, 100, Size - 1, Size + 1} {
+	for _, n := range []int{0, 100, Size - 1} {
 		buf := make([]byte, n)
 		copy(buf, b)
 		var pe *ParseError
-		if _, err := Parse(buf); !errors.As(err, &pe) {
-			t.Errorf("Parse(%d bytes) error = %v, want *ParseError", n, err)
+		if _, err := Parse(buf); !errors.As(err, &pe) || !errors.Is(err, ErrShort) {
+			t.Errorf("Parse(%d bytes) error = %v, want *ParseError, ErrShort", n, err)
 		}
+	}
+	// Bytes past the header are the file's: ignored.
+	long := append(bytes.Clone(b), bytes.Repeat([]byte{0xee}, 100)...)
+	if h, err := Parse(long); err != nil || h.CopyErrs != [2]error{} {
+		t.Errorf("Parse(%d bytes) = %+v, %v, want the header", len(long), h, err)
+	} else if out, err := h.Marshal(); err != nil || !bytes.Equal(out, b) {
+		t.Errorf("Marshal(Parse(%d bytes)) = %v, differs from the header: %v", len(long), err, !bytes.Equal(out, b))
 	}
 	if _, err := ParseCopy(make([]byte, CopySize-1)); err == nil {
 		t.Errorf("ParseCopy(%d bytes) error = nil, want error", CopySize-1)
@@ -556,13 +564,32 @@ func FuzzParse(f *testing.F) {
 	clear(one[CopyOffset(1):])
 	f.Add(one)
 	f.Add(make([]byte, Size))
+	for _, c := range []int{MinCopySize, 1024, MaxCopySize3} {
+		b3 := testHeaderV3(f, c)
+		f.Add(b3)
+		f.Add(append(bytes.Clone(b3), 0xee, 0xee)) // inline content after H
+		one := bytes.Clone(b3)
+		clear(one[PreambleSize+c:])
+		f.Add(one)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := Parse(b)
 		if err != nil {
 			return
 		}
+		hl := h.Preamble.HeaderLen()
+		if hl > len(b) || hl > MaxLen {
+			t.Fatalf("Parse(%d bytes) succeeded with HeaderLen %d", len(b), hl)
+		}
 		h.Candidates()
 		h.Accept(testKey)
+		if len(b) > hl {
+			// Bytes after the header change nothing.
+			h2, err := Parse(b[:hl])
+			if err != nil || fmt.Sprint(h2.CopyErrs) != fmt.Sprint(h.CopyErrs) || (h.Copies[0] == nil) != (h2.Copies[0] == nil) || (h.Copies[1] == nil) != (h2.Copies[1] == nil) {
+				t.Fatalf("Parse(b[:%d]) = %+v, %v, differs from Parse(b) = %+v", hl, h2, err, h)
+			}
+		}
 		if h.CopyErrs[0] != nil || h.CopyErrs[1] != nil {
 			return
 		}
@@ -570,8 +597,8 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("Marshal(Parse(b)) error = %v", err)
 		}
-		if !bytes.Equal(out, b) {
-			t.Fatalf("Marshal(Parse(b)) differs from b")
+		if !bytes.Equal(out, b[:hl]) {
+			t.Fatalf("Marshal(Parse(b)) differs from b[:%d]", hl)
 		}
 	})
 }
@@ -580,24 +607,32 @@ func FuzzParseCopy(f *testing.F) {
 	f.Add(validCopy(f))
 	f.Add(rawCopy(1, 1, slotBytes([]byte("u"), nil, []byte{1})))
 	f.Add(make([]byte, CopySize))
+	for _, n := range []int{MinCopySize, 1024, MaxCopySize3} {
+		f.Add(bytes.Clone(testHeaderV3(f, n)[PreambleSize : PreambleSize+n]))
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseCopy(b)
 		if err != nil || c == nil {
 			return
 		}
-		out := make([]byte, CopySize)
+		out := make([]byte, len(b))
 		if err := c.MarshalTo(out); err != nil {
 			t.Fatalf("MarshalTo(ParseCopy(b)) error = %v", err)
 		}
 		if !bytes.Equal(out, b) {
 			t.Fatalf("MarshalTo(ParseCopy(b)) differs from b")
 		}
-		VerifyCopy(Preamble{Version: 1, BlockShift: 12}, c, testKey)
+		p := Preamble{Version: 1, BlockShift: 12}
+		if len(b) != CopySize {
+			p = Preamble{Version: Version3, BlockShift: 12, CopySize: uint16(len(b))}
+		}
+		VerifyCopy(p, c, testKey)
 	})
 }
 
 func FuzzParsePreamble(f *testing.F) {
 	f.Add(testHeader(f)[:PreambleSize])
+	f.Add(testHeaderV3(f, 1024)[:PreambleSize])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := ParsePreamble(b)
 		if err != nil {

@@ -117,11 +117,17 @@ func (d *deriver) derive(dst []byte, p Purpose) error {
 // MACs a copy on every open).
 var copyBufs = sync.Pool{New: func() any { return new([CopySize]byte) }}
 
-// copyMAC computes HMAC(MK, preamble || copy[0:MACOffset]) into mac.
+// copyMAC computes HMAC(MK, preamble || copy[0:C-32]) into mac, C the
+// preamble's copy size (CopySize in version 1, so the MAC offset is
+// MACOffset).
 func copyMAC(mac *[32]byte, p Preamble, c *Copy, d *deriver) error {
+	if err := p.checkCopyLen(); err != nil {
+		return fmt.Errorf("preamble: %w", err)
+	}
+	n := p.CopyLen()
 	buf := copyBufs.Get().(*[CopySize]byte)
 	defer copyBufs.Put(buf)
-	if err := c.MarshalTo(buf[:]); err != nil {
+	if err := c.MarshalTo(buf[:n]); err != nil {
 		return err
 	}
 	var mk [KeySize]byte
@@ -130,12 +136,12 @@ func copyMAC(mac *[32]byte, p Preamble, c *Copy, d *deriver) error {
 		return err
 	}
 	pre := p.Marshal()
-	return secmem.HMACSHA256(mac, mk[:], pre[:], buf[:MACOffset])
+	return secmem.HMACSHA256(mac, mk[:], pre[:], buf[:n-macSize])
 }
 
 // SealCopy sets c.Commitment and c.MAC for the data key: the commitment
 // derived from dataKey and p.FileID, and the MAC over the preamble and the
-// first MACOffset bytes of the marshalled copy.
+// marshalled copy (p.CopyLen bytes) up to its MAC offset, p.MACOffset().
 func SealCopy(p Preamble, c *Copy, dataKey []byte) error {
 	err := withDeriver(dataKey, p.FileID, func(d *deriver) error { return sealCopy(p, c, d) })
 	if err != nil {

@@ -233,14 +233,14 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 	bd := vol.Backing()
 	maxData := cryptfile.JournalDataSize(vol.Layout)
 
-	pending, err := cryptfile.PendingWrites(ctx, bd, maxData, vol)
+	pending, err := cryptfile.PendingWrites(ctx, bd, maxData, vol.JournalKeys())
 	if err != nil {
 		return c.fail(exitError, err)
 	}
 	left := pending
 	if c.repair {
 		logBuf.Reset()
-		j, err := cryptfile.OpenJournal(ctx, bd, maxData, vol, false, logger)
+		j, err := cryptfile.OpenJournal(ctx, bd, maxData, vol.JournalKeys(), false, logger)
 		if errors.Is(err, cryptfile.ErrLocked) {
 			return c.fail(exitError, fmt.Errorf("%w: unmount it before 'kmsfs fsck --repair' (or run fsck without --repair)", err))
 		}
@@ -250,7 +250,7 @@ func (c *fsck) run(ctx context.Context, extra []string, pf string) int {
 		// Held to the end: no read-write mount starts while fsck repairs.
 		defer j.Close()
 		c.notes(&logBuf) // what the replay did
-		if left, err = cryptfile.PendingWrites(ctx, bd, maxData, vol); err != nil {
+		if left, err = cryptfile.PendingWrites(ctx, bd, maxData, vol.JournalKeys()); err != nil {
 			return c.fail(exitError, err)
 		}
 		// And an interrupted re-encryption, as a mount would.
@@ -576,8 +576,12 @@ func (c *fsck) checkFile(ctx context.Context, rel string) {
 		return
 	}
 	l := c.vol.Layout
-	if st.Size > 0 && st.Size < l.DataOffset {
-		c.problem(c.at(rel, fsckProblem{Kind: probHeader, Detail: fmt.Sprintf("torn header: the file is %d bytes, shorter than its %d-byte header", st.Size, l.DataOffset)}))
+	hlen := l.DataOffset
+	if c.vol.Layout3 != nil {
+		hlen = int64(c.vol.Layout3.HeaderLen)
+	}
+	if st.Size > 0 && st.Size < hlen {
+		c.problem(c.at(rel, fsckProblem{Kind: probHeader, Detail: fmt.Sprintf("torn header: the file is %d bytes, shorter than its %d-byte header", st.Size, hlen)}))
 		return
 	}
 	// Errors and log lines name the file as the user knows it.
@@ -605,7 +609,13 @@ func (c *fsck) checkFile(ctx context.Context, rel string) {
 		c.countSlot(rel, s)
 	}
 	base := c.done
-	n, err := cryptfile.CheckBlocks(key.Cipher(), l, fd, func(err error) {
+	check := cryptfile.CheckBlocks
+	if key.Cipher().V3() && c.vol.Layout3 != nil {
+		check = func(ci *blockcipher.Cipher, _ blockcipher.Layout, fd int, bad func(error), progress func(int64)) (uint64, error) {
+			return cryptfile.CheckBlocks3(ci, c.vol.Layout3, fd, bad, progress)
+		}
+	}
+	n, err := check(key.Cipher(), l, fd, func(err error) {
 		var be *blockcipher.BlockError
 		if !errors.As(err, &be) {
 			c.problem(c.at(rel, fsckProblem{Kind: probError, Detail: err.Error()}))

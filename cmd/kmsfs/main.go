@@ -132,7 +132,7 @@ func runVersion(args []string) int {
 			}
 		}
 	}
-	fmt.Printf("kmsfs %s (commit %s, format version 2, reads 1)\n", v, c)
+	fmt.Printf("kmsfs %s (commit %s, format version 3, reads 1 and 2)\n", v, c)
 	// Whether key derivations run under runtime/secret (the Makefile
 	// builds with GOEXPERIMENT=runtimesecret; docs/SECURITY.md).
 	fmt.Printf("runtime/secret: %s\n", onOff(secmem.Erasing))

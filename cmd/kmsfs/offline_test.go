@@ -89,7 +89,7 @@ func (v *offlineVol) put(t *testing.T, rel string, data []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := cryptfile.New(&cryptfile.Config{Layout: vol.Layout, Keys: vol}, func() string { return rel })
+	f := cryptfile.New(&cryptfile.Config{Layout: vol.Layout, Keys: vol, V3: vol.Layout3}, func() string { return rel })
 	h, err := f.Open(context.Background(), fd)
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +129,12 @@ func blockOff(n int64) int64 { return header.Size + n*(4096+28) + 100 }
 // copyOff returns the backing offset of a byte inside header copy i's
 // first key slot (its URI).
 func copyOff(i int) int64 { return header.CopyOffset(i) + 20 }
+
+// copyOff3 and macOff3 are copyOff and macOff for the files (not the
+// configuration, which keeps version 1) of a volume of version 3 made by
+// init: copies of 1024 bytes.
+func copyOff3(i int) int64 { return int64(header.PreambleSize+i*1024) + 20 }
+func macOff3(i int) int64  { return int64(header.PreambleSize+i*1024) + 1024 - 32 + 3 }
 
 // macOff returns the backing offset of a byte of header copy i's MAC.
 func macOff(i int) int64 { return header.CopyOffset(i) + header.MACOffset + 3 }
@@ -272,11 +278,11 @@ func TestFsckDamagedBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write(make([]byte, 4096+28-(10+28)+5)) // block 0 full (of garbage), then 5 bytes
+	f.Write(make([]byte, 4096+28-(10+28)+5)) // the file is now paged, and no size record names its size
 	f.Close()
 	r = fsckJSON(t, v)
-	if p := findProblem(r, "g", probTail); p == nil || *p.Block != 1 {
-		t.Errorf("fsck --json problems = %+v, want a tail after block 0 of g", r.Problems)
+	if p := findProblem(r, "g", probTail); p == nil || *p.Block != 0 {
+		t.Errorf("fsck --json problems = %+v, want g's size reported, from block 0", r.Problems)
 	}
 	if p := findProblem(r, "g", probBlock); p == nil || *p.Block != 0 {
 		t.Errorf("fsck --json problems = %+v, want block 0 of g (a short block padded with garbage)", r.Problems)
@@ -288,7 +294,7 @@ func TestFsckHeaderCopy(t *testing.T) {
 	content := randData(6, 5000)
 	v.put(t, "f", content)
 	v.put(t, "g", randData(7, 1))
-	flip(t, v.path("f"), copyOff(1))
+	flip(t, v.path("f"), copyOff3(1))
 	flip(t, v.path(volume.ConfigName), copyOff(0)+1000)
 	code, so, _ := v.run(t, "fsck", v.dir)
 	if code != exitDamaged || !strings.Contains(so, "f: header copy 1: ") || !strings.Contains(so, volume.ConfigName+": header copy 0: ") {
@@ -305,8 +311,8 @@ func TestFsckHeaderCopy(t *testing.T) {
 		t.Errorf("cat after repair = %d (%s), content equal %v", code, se, so == string(content))
 	}
 	// Both copies damaged: the file is unreadable, nothing to restore.
-	flip(t, v.path("g"), macOff(0))
-	flip(t, v.path("g"), macOff(1))
+	flip(t, v.path("g"), macOff3(0))
+	flip(t, v.path("g"), macOff3(1))
 	code, so, _ = v.run(t, "fsck", "--repair", v.dir)
 	if code != exitDamaged || !strings.Contains(so, "g: ") || strings.Contains(so, "[repaired]") {
 		t.Errorf("fsck --repair of a header without a valid copy = %d, %q; want %d", code, so, exitDamaged)
@@ -333,7 +339,7 @@ func TestFsckJournal(t *testing.T) {
 	v.put(t, "f", randData(8, 4096))
 	vol := v.open(t)
 	maxData := cryptfile.JournalDataSize(vol.Layout)
-	j, err := cryptfile.OpenJournal(context.Background(), vol.Backing(), maxData, vol, true, log.New(io.Discard, "", 0))
+	j, err := cryptfile.OpenJournal(context.Background(), vol.Backing(), maxData, vol.JournalKeys(), true, log.New(io.Discard, "", 0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kmsfs/kmsfs/blockcipher"
 	"github.com/kmsfs/kmsfs/fs/cryptfile"
 	"github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/header"
@@ -235,7 +236,18 @@ func runDecrypt(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	f := cryptfile.New(&cryptfile.Config{Layout: s.Layout(), Keys: s}, func() string { return in })
+	cfg := &cryptfile.Config{Layout: s.Layout(), Keys: s}
+	if p.Version == header.Version3 {
+		// A file of a version-3 volume: its layout follows from its
+		// preamble.
+		l3, err := blockcipher.NewLayout3(p.BlockSize(), p.HeaderLen())
+		if err != nil {
+			unix.Close(fd)
+			return errorf(exitNotVolume, "%s: %v", in, err)
+		}
+		cfg.V3 = &l3
+	}
+	f := cryptfile.New(cfg, func() string { return in })
 	h, err := f.Open(ctx, fd)
 	if err != nil {
 		return errorf(fileExitCode(err), "%s", printable(err.Error()))

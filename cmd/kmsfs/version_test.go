@@ -20,8 +20,8 @@ func TestVersion(t *testing.T) {
 		flags []string
 		want  string
 	}{
-		{"make", []string{"-ldflags", "-X main.version=1.2.3 -X main.commit=abc1234"}, "kmsfs 1.2.3 (commit abc1234, format version 2, reads 1)\n" + secretLine},
-		{"go build", nil, "kmsfs dev (commit unknown, format version 2, reads 1)\n" + secretLine},
+		{"make", []string{"-ldflags", "-X main.version=1.2.3 -X main.commit=abc1234"}, "kmsfs 1.2.3 (commit abc1234, format version 3, reads 1 and 2)\n" + secretLine},
+		{"go build", nil, "kmsfs dev (commit unknown, format version 3, reads 1 and 2)\n" + secretLine},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -172,3 +172,84 @@ func PendingWrites(ctx context.Context, dir *backing.Dir, maxData int, keys Keye
 	}
 	return out, nil
 }
+
+// CheckBlocks3 is CheckBlocks for a version-3 file of geometry l: it
+// checks the inline content, or the size records and every block of a
+// paged file (holes included), and reports each failure to bad as a
+// *blockcipher.BlockError (a size that no record names wraps
+// blockcipher.ErrBadCipherSize, with the first block that cannot be
+// trusted).
+func CheckBlocks3(c *blockcipher.Cipher, l *blockcipher.Layout3, fd int, bad func(error), progress func(int64)) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return 0, err
+	}
+	size := st.Size
+	if size == 0 || size == int64(l.HeaderLen) {
+		return 0, nil
+	}
+	p, err := l.PlainSize(size)
+	if err != nil {
+		if size < int64(l.HeaderLen) {
+			return 0, err
+		}
+		bad(&blockcipher.BlockError{Block: uint64(p / int64(l.BlockSize)), Err: fmt.Errorf("backing size %d: %w", size, blockcipher.ErrBadCipherSize)})
+		return 0, nil
+	}
+	if l.IsInline(size) {
+		buf := make([]byte, size-int64(l.HeaderLen))
+		if err := preadFull(fd, buf, int64(l.HeaderLen)); err != nil {
+			return 0, err
+		}
+		plain, err := c.OpenInline(nil, buf)
+		clear(plain)
+		if err != nil {
+			bad(&blockcipher.BlockError{Block: 0, Err: err})
+		}
+		return 1, nil
+	}
+	B := int64(l.BlockSize)
+	f := &File{cfg: &Config{V3: l}}
+	if first, err := f.consistentWith(fd, c, p, size); err != nil {
+		bad(&blockcipher.BlockError{Block: first, Err: fmt.Errorf("%v: %w", err, blockcipher.ErrBadCipherSize)})
+	}
+	nblocks := uint64((p + B - 1) / B)
+	t := &tx3{fd: fd, l: l, cph: c, c: size, metas: map[uint64]*meta3{}}
+	buf := make([]byte, B+blockcipher.TagSize)
+	for n := uint64(0); n < nblocks; {
+		g, i0 := l.Group(n)
+		z := min(nblocks-1, l.GroupFirst(g)+uint64(l.GroupLen(g))-1)
+		m, err := t.meta(g)
+		if err != nil {
+			return n, err
+		}
+		delete(t.metas, g)
+		if !m.hole {
+			for b := n; b <= z; b++ {
+				e := m.entry(i0 + int(b-n))
+				mlen := min(B, p-int64(b)*B)
+				switch {
+				case blockcipher.ZeroEntry(e):
+					bad(&blockcipher.BlockError{Block: b, Err: fmt.Errorf("no entry (zeroed or never written): %w", blockcipher.ErrAuth)})
+				case c.IsHoleEntry(e, b):
+				default:
+					if err := preadFull(fd, buf[:mlen], l.DataOff(b)); err != nil {
+						return b, fmt.Errorf("reading block %d: %w", b, err)
+					}
+					if err := c.OpenData3(buf, int(mlen), b, e); err != nil {
+						bad(err)
+					}
+				}
+			}
+		}
+		if progress != nil {
+			progress(l.DataOff(z))
+		}
+		n = z + 1
+	}
+	clear(buf)
+	if progress != nil {
+		progress(size)
+	}
+	return nblocks, nil
+}

@@ -231,6 +231,10 @@ func (f *File) loadKeyLocked(ctx context.Context, fd int) error {
 	if err != nil {
 		return err
 	}
+	if k != nil && k.Cipher().V3() != f.v3() {
+		k.Close()
+		return fmt.Errorf("%s: %w: its format version is not the volume's", f.name(), ErrCorrupt)
+	}
 	f.key = k
 	f.okSize.Store(0)
 	return nil

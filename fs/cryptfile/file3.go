@@ -343,12 +343,16 @@ func (f *File) consistent3(fd int, p, c int64) (uint64, error) {
 	if f.okSize.Load() == c {
 		return math.MaxUint64, nil
 	}
+	return f.consistentWith(fd, f.key.Cipher(), p, c)
+}
+
+// consistentWith is consistent3 with the file's cipher c3.
+func (f *File) consistentWith(fd int, c3 *blockcipher.Cipher, p, c int64) (uint64, error) {
 	l := f.cfg.V3
 	var rec [2 * blockcipher.SizeRecordSize]byte
 	if err := preadFull(fd, rec[:], l.RecordOff(0)); err != nil {
 		return 0, fmt.Errorf("reading the size records: %w", err)
 	}
-	c3 := f.key.Cipher()
 	R := int64(-1)
 	for i := range 2 {
 		s, ok := c3.CheckSizeRecord(rec[i*blockcipher.SizeRecordSize : (i+1)*blockcipher.SizeRecordSize])

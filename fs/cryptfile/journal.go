@@ -50,6 +50,12 @@ import (
 // blocks is allowed). A long append therefore costs two small journal
 // writes, not a second copy of its data.
 //
+// A record of version 3 (write, for files of versions 1 and 2) describes
+// one write; one of version 4 (writeTxn in txn.go, for version-3 files)
+// a list of ranges of one file written as one change (a block, its entry
+// and a size record lie in different places), whose copies lie one after
+// the other in the slot. Replay takes both.
+//
 // The journal's layout is in docs/FORMAT.md ("Write journal"): a kmsfs
 // header whose key (the journal key) seals every record, then the slots;
 // each record page holds a sealed record, each copy area the ciphertext
@@ -76,8 +82,28 @@ const (
 	noCut        = ^uint64(0)
 )
 
+// Version-4 records (txn.go writes them) describe a change made of several
+// ranges of one file, made atomic together: a list of ranges instead of
+// one offset and length.
+const (
+	// txnFixed is the fixed part of a version-4 record's plaintext: file
+	// ID, inode, range count, cut, hash of the copy, path length.
+	txnFixed = 16 + 8 + 2 + 8 + 32 + 2
+	// txnRangeSize is the size of one range of a version-4 record: offset
+	// (u64) and length (u32).
+	txnRangeSize = 8 + 4
+	// maxTxnRanges is the most ranges one version-4 record holds: the most
+	// copied ranges one transaction (writeTxn) may have to be journaled.
+	maxTxnRanges = 64
+	// maxTxnPath is the longest path of a version-4 record: with
+	// maxTxnRanges ranges, it still fits a record page.
+	maxTxnPath = maxRecord - txnFixed - maxTxnRanges*txnRangeSize
+)
+
 var (
 	journalMagic = []byte("KMSFSJ3\x00")
+	// txnMagic starts the record pages of version-4 records.
+	txnMagic = []byte("KMSFSJ4\x00")
 	// oldJournalMagic starts the unauthenticated records of kmsfs before
 	// the journal was sealed; they are never replayed.
 	oldJournalMagic = []byte("KMSFSJ2\x00")
@@ -98,11 +124,14 @@ type Journal struct {
 	// replayed, and while no key could be made (the key service is down);
 	// writes are then not journaled, and every keyRetry a write tries
 	// again.
-	kept    atomic.Int32 // slots holding a record kept for the next mount
-	keyMu   sync.RWMutex
-	key     Key
-	keys    Keyer
-	lastTry time.Time
+	kept atomic.Int32 // slots holding a record kept for the next mount
+	// unjournaledLogged is set once a change too large for a record was
+	// logged (see writeTxn).
+	unjournaledLogged atomic.Bool
+	keyMu             sync.RWMutex
+	key               Key
+	keys              Keyer
+	lastTry           time.Time
 }
 
 // keyRetry is how often writes try again to make a journal key the key
@@ -137,15 +166,50 @@ func (j *Journal) cipher() *blockcipher.Cipher {
 	return j.key.Cipher()
 }
 
-// record is what one journal slot describes.
+// record is what one journal slot describes: a version-3 record (one
+// range) or, with v4 set, a version-4 one (a list of ranges).
 type record struct {
 	fileID   [16]byte
 	ino      uint64
-	coff     int64 // where the copy goes in the file
-	length   int   // length of the copy
+	coff     int64 // where the copy goes in the file; in v4, the first range's offset (the cut if none)
+	length   int   // length of the copy; in v4, that of all ranges
 	cut      int64 // cut the file here after the copy, or -1
 	copyHash [32]byte
 	path     string
+	// v4 marks a version-4 record, whose copy goes to ranges: the first
+	// ranges[0].length bytes of the copy at ranges[0].off, and so on.
+	v4     bool
+	ranges []span
+}
+
+// span is one range of a version-4 record: length bytes of the copy go
+// at off of the file.
+type span struct {
+	off    int64
+	length int
+}
+
+// spans returns where the record's copy goes, in order.
+func (r *record) spans() []span {
+	if r.v4 {
+		return r.ranges
+	}
+	return []span{{r.coff, r.length}}
+}
+
+// describe says what the record does, for log lines.
+func (r *record) describe() string {
+	if !r.v4 {
+		return fmt.Sprintf("%d bytes at %d", r.length, r.coff)
+	}
+	s := fmt.Sprintf("%d bytes in %d ranges", r.length, len(r.ranges))
+	if len(r.ranges) == 1 {
+		s = fmt.Sprintf("%d bytes at %d", r.length, r.coff)
+	}
+	if r.cut >= 0 {
+		s += fmt.Sprintf(", cut at %d", r.cut)
+	}
+	return s
 }
 
 // errNoRecord means a slot holds no record.
@@ -180,14 +244,94 @@ func parseRecord(b []byte, slotData int64) (record, error) {
 		return r, fmt.Errorf("bad cut %d", cut)
 	}
 	r.path = string(b[recordFixed:])
-	if r.path[0] == '/' || strings.Contains("/"+r.path+"/", "/../") || strings.ContainsRune(r.path, 0) {
-		return r, fmt.Errorf("path %q leaves the backing directory", r.path)
+	if err := checkRecordPath(r.path); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// checkRecordPath returns an error unless path, of a record, stays
+// beneath the backing directory.
+func checkRecordPath(path string) error {
+	if path == "" || path[0] == '/' || strings.Contains("/"+path+"/", "/../") || strings.ContainsRune(path, 0) {
+		return fmt.Errorf("path %q leaves the backing directory", path)
+	}
+	return nil
+}
+
+// parseRecordV4 parses a version-4 record's plaintext (docs/FORMAT.md,
+// "Write journal"); slotData is how many bytes of copy a slot holds.
+// Only what marshal makes of a record writeTxn could write is accepted:
+// 1 to maxTxnRanges ranges, sorted, disjoint, none empty, each inside
+// what an int64 offset reaches, all of them in the slot; or no range
+// and a cut.
+func parseRecordV4(b []byte, slotData int64) (record, error) {
+	r := record{v4: true}
+	if len(b) < txnFixed {
+		return r, fmt.Errorf("record of %d bytes, want at least %d", len(b), txnFixed)
+	}
+	copy(r.fileID[:], b[0:16])
+	r.ino = binary.BigEndian.Uint64(b[16:24])
+	n := int(binary.BigEndian.Uint16(b[24:26]))
+	cut := binary.BigEndian.Uint64(b[26:34])
+	copy(r.copyHash[:], b[34:66])
+	plen := int(binary.BigEndian.Uint16(b[66:68]))
+	r.cut = int64(cut)
+	if cut == noCut {
+		r.cut = -1
+	}
+	switch {
+	case n > maxTxnRanges:
+		return r, fmt.Errorf("%d ranges, want at most %d", n, maxTxnRanges)
+	case plen == 0 || plen > maxTxnPath || txnFixed+n*txnRangeSize+plen != len(b):
+		return r, fmt.Errorf("%d ranges and a path length of %d do not fit a record of %d bytes", n, plen, len(b))
+	case r.cut < -1:
+		return r, fmt.Errorf("bad cut %d", cut)
+	case n == 0 && r.cut < 0:
+		return r, errors.New("no range and no cut: a record that does nothing")
+	}
+	if n > 0 {
+		r.ranges = make([]span, n)
+	}
+	var total, end int64
+	for i := range r.ranges {
+		p := b[txnFixed+i*txnRangeSize:]
+		off := int64(binary.BigEndian.Uint64(p[0:8]))
+		length := int64(binary.BigEndian.Uint32(p[8:12]))
+		switch {
+		case off < 0:
+			return r, fmt.Errorf("range %d: negative offset %d", i, off)
+		case length == 0:
+			return r, fmt.Errorf("range %d: empty", i)
+		case off > 1<<63-1-length:
+			return r, fmt.Errorf("range %d: %d bytes at %d end past the largest offset", i, length, off)
+		case i > 0 && off < end:
+			return r, fmt.Errorf("range %d at %d does not start after the end of range %d (%d)", i, off, i-1, end)
+		}
+		total += length
+		if total > slotData {
+			return r, fmt.Errorf("copy of at least %d bytes does not fit a slot", total)
+		}
+		end = off + length
+		r.ranges[i] = span{off: off, length: int(length)}
+	}
+	r.length = int(total)
+	r.coff = r.cut
+	if n > 0 {
+		r.coff = r.ranges[0].off
+	}
+	r.path = string(b[txnFixed+n*txnRangeSize:])
+	if err := checkRecordPath(r.path); err != nil {
+		return r, err
 	}
 	return r, nil
 }
 
 // marshal appends the record's plaintext to b.
 func (r *record) marshal(b []byte) []byte {
+	if r.v4 {
+		return r.marshalV4(b)
+	}
 	var fixed [recordFixed]byte
 	copy(fixed[0:16], r.fileID[:])
 	binary.BigEndian.PutUint64(fixed[16:24], r.ino)
@@ -203,13 +347,56 @@ func (r *record) marshal(b []byte) []byte {
 	return append(append(b, fixed[:]...), r.path...)
 }
 
+// marshalV4 appends the plaintext of the version-4 record r to b.
+func (r *record) marshalV4(b []byte) []byte {
+	var fixed [txnFixed]byte
+	copy(fixed[0:16], r.fileID[:])
+	binary.BigEndian.PutUint64(fixed[16:24], r.ino)
+	binary.BigEndian.PutUint16(fixed[24:26], uint16(len(r.ranges)))
+	cut := noCut
+	if r.cut >= 0 {
+		cut = uint64(r.cut)
+	}
+	binary.BigEndian.PutUint64(fixed[26:34], cut)
+	copy(fixed[34:66], r.copyHash[:])
+	binary.BigEndian.PutUint16(fixed[66:68], uint16(len(r.path)))
+	b = append(b, fixed[:]...)
+	for _, s := range r.ranges {
+		b = binary.BigEndian.AppendUint64(b, uint64(s.off))
+		b = binary.BigEndian.AppendUint32(b, uint32(s.length))
+	}
+	return append(b, r.path...)
+}
+
+// size is the length of the record's plaintext.
+func (r *record) size() int {
+	if r.v4 {
+		return txnFixed + len(r.ranges)*txnRangeSize + len(r.path)
+	}
+	return recordFixed + len(r.path)
+}
+
+// magic is the magic of the record's page.
+func (r *record) magic() []byte {
+	if r.v4 {
+		return txnMagic
+	}
+	return journalMagic
+}
+
+// isRecordMagic reports whether b starts with the magic of a record page
+// (version 3 or 4).
+func isRecordMagic(b []byte) bool {
+	return len(b) >= len(journalMagic) && (bytes.Equal(b[:len(journalMagic)], journalMagic) || bytes.Equal(b[:len(txnMagic)], txnMagic))
+}
+
 // sealRecord frames r for slot, sealed with c, into page (journalHdr
 // bytes, returned).
 func sealRecord(c *blockcipher.Cipher, slot int, r *record, page []byte) []byte {
-	plain := r.marshal(make([]byte, 0, recordFixed+len(r.path)))
+	plain := r.marshal(make([]byte, 0, r.size()))
 	page = page[:journalHdr]
 	clear(page)
-	copy(page, journalMagic)
+	copy(page, r.magic())
 	sealed := c.SealBlock(page[10:10], plain, uint64(slot))
 	binary.BigEndian.PutUint16(page[8:10], uint16(len(sealed)))
 	return page
@@ -218,9 +405,9 @@ func sealRecord(c *blockcipher.Cipher, slot int, r *record, page []byte) []byte 
 // openRecord opens the record page of slot with c: errNoRecord for a
 // cleared page, an error for one that is not an authentic record. Only
 // what sealRecord makes is accepted: a whole page, zero after the sealed
-// record.
+// record. The page's magic says the record's version (3 or 4).
 func openRecord(c *blockcipher.Cipher, slot int, page []byte, slotData int64) (record, error) {
-	if len(page) < 10 || !bytes.Equal(page[:8], journalMagic) {
+	if len(page) < 10 || !isRecordMagic(page) {
 		if isZero(page) {
 			return record{}, errNoRecord
 		}
@@ -239,6 +426,9 @@ func openRecord(c *blockcipher.Cipher, slot int, page []byte, slotData int64) (r
 	plain, err := c.OpenBlock(nil, page[10:10+n], uint64(slot))
 	if err != nil {
 		return record{}, fmt.Errorf("not authentic: %w", err)
+	}
+	if bytes.Equal(page[:8], txnMagic) {
+		return parseRecordV4(plain, slotData)
 	}
 	return parseRecord(plain, slotData)
 }
@@ -592,7 +782,7 @@ func checkJournalFile(fd int, size, slotSize int64) error {
 		if isZero(page[:n]) {
 			continue
 		}
-		if n < len(journalMagic) || !bytes.Equal(page[:len(journalMagic)], journalMagic) {
+		if !isRecordMagic(page[:n]) {
 			return fmt.Errorf("the record page of slot %d does not start with the journal magic", i)
 		}
 	}
@@ -714,9 +904,9 @@ func (j *Journal) replay(ctx context.Context, dir *backing.Dir, keys Keyer, opts
 			if err := j.redo(dir, &r, off+journalHdr, &opts); err != nil {
 				j.log.Printf("kmsfs: %s slot %d (%s): not replayed: %v", opts.label(), i, r.path, err)
 			} else if opts.parked {
-				j.log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d) from %s", r.path, r.length, r.coff, opts.label())
+				j.log.Printf("kmsfs: completed an interrupted write to %s (%s) from %s", r.path, r.describe(), opts.label())
 			} else {
-				j.log.Printf("kmsfs: completed an interrupted write to %s (%d bytes at %d)", r.path, r.length, r.coff)
+				j.log.Printf("kmsfs: completed an interrupted write to %s (%s)", r.path, r.describe())
 			}
 		}
 		if opts.parked {
@@ -787,9 +977,11 @@ func (j *Journal) clearCopy(i int, n int64) error {
 	return nil
 }
 
-// redo does the write of record r again; its copy is at dataOff of the
-// journal. For a parked journal's record (opts.parked), a file whose
-// ctime is later than the journal's is not written (errStale).
+// redo does the write of record r again: its copy is at dataOff of the
+// journal, and goes to the record's ranges in order (one for version 3),
+// then the file is cut if the record says so. For a parked journal's
+// record (opts.parked), a file whose ctime is later than the journal's is
+// not written (errStale).
 func (j *Journal) redo(dir *backing.Dir, r *record, dataOff int64, opts *replayOpts) error {
 	data := make([]byte, r.length)
 	if err := preadFull(j.fd, data, dataOff); err != nil {
@@ -832,8 +1024,11 @@ func (j *Journal) redo(dir *backing.Dir, r *record, dataOff int64, opts *replayO
 	if err != nil || p.FileID != r.fileID {
 		return errors.New("the file has another file ID")
 	}
-	if err := pwriteFull(fd, data, r.coff); err != nil {
-		return err
+	for _, s := range r.spans() {
+		if err := pwriteFull(fd, data[:s.length], s.off); err != nil {
+			return err
+		}
+		data = data[s.length:]
 	}
 	if r.cut >= 0 {
 		return syscall.Ftruncate(fd, r.cut)

@@ -66,7 +66,13 @@ func (f *File) Reencrypt(ctx context.Context, fd int, dir *backing.Dir) (int64, 
 		return 0, nil // no header, no key: nothing to re-encrypt
 	}
 	l := f.cfg.Layout
-	plain, err := l.PlainSize(st.Size)
+	var plain int64
+	var err error
+	if f.v3() {
+		plain, err = f.cfg.V3.PlainSize(st.Size)
+	} else {
+		plain, err = l.PlainSize(st.Size)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
@@ -113,7 +119,12 @@ func (f *File) Reencrypt(ctx context.Context, fd int, dir *backing.Dir) (int64, 
 	if err := pwriteFull(tfd, hdr, 0); err != nil {
 		return 0, fmt.Errorf("writing the re-encryption copy: %w", err)
 	}
-	if err := reencryptBlocks(ctx, l, fd, tfd, st.Size, old.Cipher(), nk.Cipher()); err != nil {
+	if f.v3() {
+		err = f.reencrypt3(ctx, fd, tfd, st.Size, plain, old.Cipher(), nk.Cipher())
+	} else {
+		err = reencryptBlocks(ctx, l, fd, tfd, st.Size, old.Cipher(), nk.Cipher())
+	}
+	if err != nil {
 		return 0, err
 	}
 	if err := unix.Ftruncate(tfd, st.Size); err != nil {
@@ -370,11 +381,13 @@ func replayOne(dir *backing.Dir, name string, ino uint64, oldID, newID [16]byte,
 		return err
 	}
 	var cpre [header.PreambleSize]byte
-	if m, err := PreadHead(cfd, cpre[:]); err != nil || m < len(cpre) || cst.Size < header.Size {
+	m, err := PreadHead(cfd, cpre[:])
+	p, perr := header.ParsePreamble(cpre[:])
+	if err != nil || m < len(cpre) || (perr == nil && cst.Size < int64(p.HeaderLen())) {
 		lg.Printf("kmsfs: %s is not a complete re-encryption copy; left alone", name)
 		return nil
 	}
-	if p, err := header.ParsePreamble(cpre[:]); err != nil || p.FileID != newID {
+	if perr != nil || p.FileID != newID {
 		lg.Printf("kmsfs: %s does not hold the file ID its name says; left alone", name)
 		return nil
 	}
@@ -386,7 +399,7 @@ func replayOne(dir *backing.Dir, name string, ino uint64, oldID, newID [16]byte,
 	// inode.
 	target := ""
 	err = dir.Walk(func(rel string, _ int, base string, st *unix.Stat_t) error {
-		if names.Internal(base) && st.Size < header.Size {
+		if names.Internal(base) && st.Size < header.PreambleSize+2*header.MinCopySize {
 			// A kmsfs.dirid or long-name file of a volume with encrypted
 			// names (never a re-encryption's file, which has a header;
 			// in a volume with names in clear a file of that name too
@@ -419,9 +432,9 @@ func replayOne(dir *backing.Dir, name string, ino uint64, oldID, newID [16]byte,
 	}
 	var pre [header.PreambleSize]byte
 	m, rerr := PreadHead(fd, pre[:])
-	p, perr := header.ParsePreamble(pre[:])
+	tp, tperr := header.ParsePreamble(pre[:])
 	switch {
-	case rerr == nil && m == len(pre) && perr == nil && p.FileID != oldID && p.FileID != newID:
+	case rerr == nil && m == len(pre) && tperr == nil && tp.FileID != oldID && tp.FileID != newID:
 		// Another file has that inode now: the re-encryption's file was
 		// deleted and its inode reused.
 		lg.Printf("kmsfs: %s is not the file an interrupted re-encryption was for; removing the copy %s", target, name)
@@ -429,7 +442,7 @@ func replayOne(dir *backing.Dir, name string, ino uint64, oldID, newID [16]byte,
 			return err
 		}
 		return syncDir(dir)
-	case st.Size != cst.Size && (rerr != nil || m < len(pre) || perr != nil):
+	case st.Size != cst.Size && (rerr != nil || m < len(pre) || tperr != nil):
 		// A damaged header and another size: not provably ours.
 		lg.Printf("kmsfs: %s has a damaged header and is not the size of the interrupted re-encryption %s; the copy is kept", target, name)
 		return nil
@@ -489,4 +502,112 @@ func readNames(fd int) ([]string, error) {
 		}
 		_, _, names = unix.ParseDirent(buf[:n], -1, names)
 	}
+}
+
+// reencrypt3 is reencryptBlocks for a version-3 file of backing size c
+// and plaintext size p: every sealed thing (inline content, size
+// records, group tokens, hole entries, blocks and their entries) is
+// opened with from and sealed anew with to into tfd, at the same place.
+func (f *File) reencrypt3(ctx context.Context, fd, tfd int, c, p int64, from, to *blockcipher.Cipher) error {
+	l := f.cfg.V3
+	if c <= int64(l.HeaderLen) {
+		return nil
+	}
+	if l.IsInline(c) {
+		buf := make([]byte, c-int64(l.HeaderLen))
+		if err := preadFull(fd, buf, int64(l.HeaderLen)); err != nil {
+			return err
+		}
+		plain, err := from.OpenInline(nil, buf)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+		defer clear(plain)
+		return pwriteFull(tfd, to.SealInline(nil, plain), int64(l.HeaderLen))
+	}
+	if _, err := f.consistentWith(fd, from, p, c); err != nil {
+		return err
+	}
+	var recs [2 * blockcipher.SizeRecordSize]byte
+	for i := range 2 {
+		r := to.SizeRecord(uint64(p))
+		copy(recs[i*blockcipher.SizeRecordSize:], r[:])
+	}
+	if err := pwriteFull(tfd, recs[:], l.RecordOff(0)); err != nil {
+		return fmt.Errorf("writing the re-encryption copy: %w", err)
+	}
+	B := int64(l.BlockSize)
+	nblocks := uint64((p + B - 1) / B)
+	src := &tx3{fd: fd, l: l, cph: from, c: c, metas: map[uint64]*meta3{}}
+	data := make([]byte, int64(blockcipher.GroupBlocks)*B+blockcipher.TagSize)
+	defer clear(data)
+	for n := uint64(0); n < nblocks; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		g, _ := l.Group(n)
+		z := min(nblocks-1, l.GroupFirst(g)+uint64(l.GroupLen(g))-1)
+		m, err := src.meta(g)
+		if err != nil {
+			return err
+		}
+		delete(src.metas, g)
+		out := make([]byte, len(m.buf))
+		copy(out[:m.first], m.buf[:m.first]) // the records, written above, are overwritten below for group 0
+		if m.hole {
+			tok := to.GroupToken(g)
+			copy(out, tok[:])
+		} else {
+			if g > 0 {
+				clear(out[:blockcipher.EntrySize])
+			}
+			first := l.DataOff(n)
+			last := l.DataOff(z) + min(B, p-int64(z)*B)
+			region := data[:last-first]
+			if err := preadFull(fd, region, first); err != nil {
+				return fmt.Errorf("reading blocks %d-%d: %w", n, z, err)
+			}
+			for b := n; b <= z; b++ {
+				i := int(b - l.GroupFirst(g))
+				e := m.entry(i)
+				ne := out[m.first+i*blockcipher.EntrySize : m.first+(i+1)*blockcipher.EntrySize]
+				k := int64(b-n) * B
+				mlen := min(B, p-int64(b)*B)
+				switch {
+				case blockcipher.ZeroEntry(e):
+					return fmt.Errorf("%w: block %d has no entry", ErrCorrupt, b)
+				case from.IsHoleEntry(e, b):
+					h := to.HoleEntry(b)
+					copy(ne, h[:])
+					clear(region[k : k+mlen])
+				default:
+					if err := from.OpenData3(data[k:], int(mlen), b, e); err != nil {
+						return fmt.Errorf("%w: %w", ErrCorrupt, err)
+					}
+					to.SealData3(data[k:k+mlen:k+mlen+blockcipher.TagSize], data[k:k+mlen], b, ne)
+				}
+			}
+			// Holes stay holes in the copy: only data blocks are written.
+			for b := n; b <= z; b++ {
+				i := int(b - l.GroupFirst(g))
+				if to.IsHoleEntry(out[m.first+i*blockcipher.EntrySize:m.first+(i+1)*blockcipher.EntrySize], b) {
+					continue
+				}
+				k := int64(b-n) * B
+				mlen := min(B, p-int64(b)*B)
+				if err := pwriteFull(tfd, data[k:k+mlen], l.DataOff(b)); err != nil {
+					return fmt.Errorf("writing the re-encryption copy: %w", err)
+				}
+			}
+		}
+		lo := m.first
+		if g > 0 {
+			lo = 0
+		}
+		if err := pwriteFull(tfd, out[lo:], m.base+int64(lo)); err != nil {
+			return fmt.Errorf("writing the re-encryption copy: %w", err)
+		}
+		n = z + 1
+	}
+	return nil
 }

@@ -53,8 +53,9 @@ type HeaderCheck struct {
 	// in the order they were found; empty when no key opened the file.
 	Slots []SlotCheck
 
-	raw      []byte // the header as checked
-	accepted int    // the valid copy used for repairs
+	raw      []byte          // the header as checked, its HeaderLen bytes
+	pre      header.Preamble // its preamble: copy size and offsets
+	accepted int             // the valid copy used for repairs
 }
 
 // CheckHeader reads the header of the backing file fd and checks all of
@@ -65,21 +66,25 @@ type HeaderCheck struct {
 // and the check holds what could be learnt without a key (copies that do
 // not parse).
 func (v *Volume) CheckHeader(ctx context.Context, fd int, name string) (*HeaderCheck, cryptfile.Key, error) {
-	buf := make([]byte, header.Size)
+	// header.MaxLen bytes, or up to the end of the file, hold the whole
+	// header; its preamble says how long it is (4096 bytes in version 1,
+	// 32 + 2*C in version 3, followed by the file's content).
+	buf := make([]byte, header.MaxLen)
 	n, err := cryptfile.PreadHead(fd, buf)
 	switch {
 	case err != nil:
 		return nil, nil, fmt.Errorf("%s: %w", name, err)
 	case n == 0:
 		return nil, nil, nil
-	case n < header.Size:
-		return nil, nil, fmt.Errorf("%s: %w", name, errors.Join(ErrCorrupt, errors.New("backing file shorter than its header")))
 	}
-	h, err := header.Parse(buf)
-	if err != nil {
+	h, err := header.Parse(buf[:n])
+	switch {
+	case errors.Is(err, header.ErrShort):
+		return nil, nil, fmt.Errorf("%s: %w", name, errors.Join(ErrCorrupt, errors.New("backing file shorter than its header")))
+	case err != nil:
 		return nil, nil, fmt.Errorf("%s: %w", name, errors.Join(ErrCorrupt, err))
 	}
-	c := &HeaderCheck{raw: buf, accepted: -1}
+	c := &HeaderCheck{raw: buf[:h.Preamble.HeaderLen()], pre: h.Preamble, accepted: -1}
 	for i := range c.Copies {
 		switch {
 		case h.CopyErrs[i] != nil:
@@ -90,7 +95,7 @@ func (v *Volume) CheckHeader(ctx context.Context, fd int, name string) (*HeaderC
 	}
 	var u *unlocked
 	var dkErr error
-	fk, err := newFileKeysWith(h.Preamble.FileID, v.Layout, func(ck []byte) error {
+	fk, err := newFileKeysV(h.Preamble.Version, h.Preamble.FileID, v.Layout, func(ck []byte) error {
 		u, dkErr = v.unlockDK(ctx, h, name, ck)
 		return dkErr
 	})
@@ -183,7 +188,9 @@ func (c *HeaderCheck) Repair(fd int) (int, error) {
 	if !c.Damaged() {
 		return -1, nil
 	}
-	now := make([]byte, header.Size)
+	// Only the header is compared and written: bytes at and after its
+	// end are the file's content (version 3: inline data or metadata).
+	now := make([]byte, len(c.raw))
 	if n, err := cryptfile.PreadHead(fd, now); err != nil || n < len(now) {
 		if err == nil {
 			err = io.ErrUnexpectedEOF
@@ -194,9 +201,9 @@ func (c *HeaderCheck) Repair(fd int) (int, error) {
 		return -1, errors.New("the header changed since it was checked")
 	}
 	good, bad := c.accepted, 1-c.accepted
-	from := header.CopyOffset(good)
-	cb := c.raw[from : from+header.CopySize]
-	if n, err := syscall.Pwrite(fd, cb, header.CopyOffset(bad)); err != nil || n < len(cb) {
+	from := c.pre.CopyOffset(good)
+	cb := c.raw[from : from+int64(c.pre.CopyLen())]
+	if n, err := syscall.Pwrite(fd, cb, c.pre.CopyOffset(bad)); err != nil || n < len(cb) {
 		if err == nil {
 			err = io.ErrShortWrite
 		}

@@ -62,7 +62,7 @@ func (e *checkEnv) put(t *testing.T, v *Volume, name string, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := cryptfile.New(&cryptfile.Config{Layout: v.Layout, Keys: v}, func() string { return name })
+	f := cryptfile.New(&cryptfile.Config{Layout: v.Layout, Keys: v, V3: v.Layout3}, func() string { return name })
 	h, err := f.Open(context.Background(), fd)
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +118,20 @@ func TestCheckHeader(t *testing.T) {
 		t.Fatalf("CheckHeader of a good file = %v, %v; want both copies and slots good", c, err)
 	}
 
-	// Copy 1's MAC damaged: found, and restored from copy 0.
+	// Offsets in the file's header, whatever its version.
 	path := filepath.Join(e.vol, "f")
-	damage(t, path, header.CopyOffset(1)+header.MACOffset)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := header.ParsePreamble(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := func(i int) int64 { return p.CopyOffset(i) + int64(p.MACOffset()) }
+
+	// Copy 1's MAC damaged: found, and restored from copy 0.
+	damage(t, path, mac(1))
 	c, fd, err := e.check(t, v, "f", syscall.O_RDWR)
 	if err != nil || !c.Copies[0].Valid || c.Copies[1].Valid || !errors.Is(c.Copies[1].Err, header.ErrTampered) || !c.Damaged() {
 		t.Fatalf("CheckHeader with copy 1 damaged = %v, %v; want copy 1 tampered", c, err)
@@ -135,24 +146,24 @@ func TestCheckHeader(t *testing.T) {
 	// Copy 0 zeroed: unused, restored from copy 1. A header that changed
 	// since the check is not touched.
 	f, _ := os.OpenFile(path, os.O_RDWR, 0)
-	f.WriteAt(make([]byte, header.CopySize), header.CopyOffset(0))
+	f.WriteAt(make([]byte, p.CopyLen()), p.CopyOffset(0))
 	f.Close()
 	c, fd, err = e.check(t, v, "f", syscall.O_RDWR)
 	if err != nil || !errors.Is(c.Copies[0].Err, ErrUnusedCopy) || !c.Copies[1].Valid {
 		t.Fatalf("CheckHeader with copy 0 zeroed = %+v, %v", c, err)
 	}
-	damage(t, path, 0x20+header.CopySize+5)
+	damage(t, path, p.CopyOffset(1)+5)
 	if i, err := c.Repair(fd); i != -1 || err == nil {
 		t.Errorf("Repair of a header changed since = %d, %v; want an error", i, err)
 	}
-	damage(t, path, 0x20+header.CopySize+5)
+	damage(t, path, p.CopyOffset(1)+5)
 	if i, err := c.Repair(fd); i != 0 || err != nil {
 		t.Errorf("Repair = %d, %v; want 0", i, err)
 	}
 
 	// Both copies damaged: no key, no repair.
-	damage(t, path, header.CopyOffset(0)+header.MACOffset)
-	damage(t, path, header.CopyOffset(1)+header.MACOffset)
+	damage(t, path, mac(0))
+	damage(t, path, mac(1))
 	c, fd, err = e.check(t, v, "f", syscall.O_RDWR)
 	if !errors.Is(err, ErrCorrupt) || c == nil || c.Damaged() {
 		t.Errorf("CheckHeader with both copies damaged = %v, %v; want ErrCorrupt", c, err)

@@ -178,14 +178,18 @@ func (v *Volume) rewrapFile(ctx context.Context, path, name string, keys []strin
 	if st.Size == 0 {
 		return false, false, nil // no header yet: gets the new keys when written
 	}
-	buf := make([]byte, header.Size)
-	if n, err := cryptfile.PreadHead(fd, buf); err != nil || n < len(buf) {
-		if err == nil {
-			err = io.ErrUnexpectedEOF
-		}
+	// header.MaxLen bytes, or up to the end of the file, hold the whole
+	// header; its preamble says how long it is (4096 bytes in version 1,
+	// 32 + 2*C in version 3, followed by the file's content).
+	buf := make([]byte, header.MaxLen)
+	n, err := cryptfile.PreadHead(fd, buf)
+	if err != nil {
 		return false, true, fmt.Errorf("reading header: %w", err)
 	}
-	h, err := header.Parse(buf)
+	h, err := header.Parse(buf[:n])
+	if errors.Is(err, header.ErrShort) {
+		return false, true, fmt.Errorf("reading header: %w", io.ErrUnexpectedEOF)
+	}
 	if err != nil {
 		return false, true, errors.Join(ErrCorrupt, err)
 	}
@@ -233,14 +237,16 @@ func (v *Volume) rewrapFile(ctx context.Context, path, name string, keys []strin
 	if err := header.SealCopy(h.Preamble, next, u.dk.Bytes()); err != nil {
 		return false, true, err
 	}
-	cb := make([]byte, header.CopySize)
+	// A copy is the preamble's copy size, at its offset: the bytes after
+	// the header (a version-3 file's content) are not touched.
+	cb := make([]byte, h.Preamble.CopyLen())
 	if err := next.MarshalTo(cb); err != nil {
 		return false, true, err
 	}
 	// New copy first, durable; then the old one, so no copy keeps a slot
 	// of a removed key.
 	for _, i := range []int{idx, 1 - idx} {
-		if n, err := syscall.Pwrite(fd, cb, header.CopyOffset(i)); err != nil || n < len(cb) {
+		if n, err := syscall.Pwrite(fd, cb, h.Preamble.CopyOffset(i)); err != nil || n < len(cb) {
 			if err == nil {
 				err = io.ErrShortWrite
 			}

@@ -16,10 +16,10 @@ import (
 func slotURIs(t *testing.T, path string) [2]string {
 	t.Helper()
 	b, err := os.ReadFile(path)
-	if err != nil || len(b) < header.Size {
+	if err != nil || len(b) < header.PreambleSize {
 		t.Fatalf("reading the header of %s: %d bytes, %v", path, len(b), err)
 	}
-	h, err := header.Parse(b[:header.Size])
+	h, err := header.Parse(b)
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}

@@ -103,10 +103,8 @@ func (s *Standalone) Load(ctx context.Context, fd int, name func() string) (cryp
 		return nil, err
 	case n == 0:
 		return nil, nil
-	case n < header.Size:
-		return nil, fmt.Errorf("%s: %w", name(), errors.Join(ErrCorrupt, errors.New("shorter than its header")))
 	}
-	h, err := header.Parse(buf)
+	h, err := parseHead(buf[:n])
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name(), errors.Join(ErrCorrupt, err))
 	}
