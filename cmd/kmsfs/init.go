@@ -42,6 +42,10 @@ Options:
         --plaintext-names     keep file names, symlink targets and extended
                               attributes in clear in the backing directory
                               (by default they are encrypted)
+        --format-version N    3 (the default: page-aligned blocks, file
+                              sizes and holes authenticated, small files in
+                              one page) or 2 (the layout kmsfs releases
+                              before format 3 read)
         --public-key [URI=]F  the public key (PEM) of an asymmetric --key
                               (SCHEME+rsa:// or SCHEME+sm2://); URI= may be
                               left out when there is one such key. Without
@@ -64,6 +68,7 @@ func runInit(args []string) int {
 	reuseSecs := fl.Int("reuse-seconds", volume.DefaultReuseSeconds, "")
 	strict := fl.Bool("one-key-per-file", false, "")
 	plainNames := fl.Bool("plaintext-names", false, "")
+	formatVersion := fl.Int("format-version", 3, "")
 	pubFlags := new(stringList)
 	fl.Var(pubFlags, "public-key", "")
 	writeOnly := fl.Bool("write-only", false, "")
@@ -134,7 +139,7 @@ func runInit(args []string) int {
 	if *strict {
 		*reuseFiles = 1
 	}
-	cfg, err := volume.Init(context.Background(), dir, volume.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs, PlaintextNames: *plainNames, WriteOnly: *writeOnly}, res)
+	cfg, err := volume.Init(context.Background(), dir, volume.InitOptions{Keys: keys, BlockSize: *bs, ReuseFiles: *reuseFiles, ReuseSeconds: *reuseSecs, PlaintextNames: *plainNames, WriteOnly: *writeOnly, FormatVersion: *formatVersion}, res)
 	if err != nil {
 		return errorf(exitCode(err), "%v", err)
 	}
