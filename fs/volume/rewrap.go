@@ -91,6 +91,18 @@ func Rewrap(ctx context.Context, v *Volume, o RewrapOptions) (RewrapResult, erro
 		}
 	}
 	r.Keys = keys
+	added := slices.ContainsFunc(keys, func(u string) bool { return !slices.Contains(v.Config.Keys, u) })
+	if v.Layout3 != nil && added {
+		// Every file's header copies must hold the new slots: measured
+		// before anything changes.
+		need, err := v.copyNeeded(ctx, keys)
+		if err == nil && need > v.Config.HeaderCopySize {
+			err = fmt.Errorf("the key slots of %v need %d bytes per header copy; this volume's files hold %d (its header_copy_size): leave a key out", keyring.RedactURIs(keys), need, v.Config.HeaderCopySize)
+		}
+		if err != nil {
+			return r, fmt.Errorf("rewrap: %w", err)
+		}
+	}
 	if !slices.Equal(keys, v.Config.Keys) {
 		cfg := v.Config
 		cfg.Keys = keys

@@ -822,6 +822,21 @@ func (v *Volume) writeConfig(ctx context.Context, cfg *Config) error {
 // wrapping a throwaway data key, with some to spare (a wrapped key's
 // length may vary a little), and at least 1024 bytes.
 func (v *Volume) copySizeFor(ctx context.Context, uris []string) (int, error) {
+	need, err := v.copyNeeded(ctx, uris)
+	if err != nil {
+		return 0, err
+	}
+	need += 64
+	c := max(1024, (need+15)/16*16)
+	if c > header.MaxCopySize3 {
+		return 0, fmt.Errorf("the key slots of %d keys need %d bytes per header copy; format version 3 holds at most %d (use fewer keys, or --format-version 2)", len(uris), need, header.MaxCopySize3)
+	}
+	return c, nil
+}
+
+// copyNeeded returns the header copy size the slots of a data key
+// wrapped under uris need, measured by wrapping a throwaway one.
+func (v *Volume) copyNeeded(ctx context.Context, uris []string) (int, error) {
 	ks := newKeySource(v, uris, 1, time.Second, 0)
 	defer ks.close()
 	k, err := ks.generate(ctx)
@@ -829,12 +844,7 @@ func (v *Volume) copySizeFor(ctx context.Context, uris []string) (int, error) {
 		return 0, err
 	}
 	defer k.destroy()
-	need := header.CopyNeeded(k.slots) + 64
-	c := max(1024, (need+15)/16*16)
-	if c > header.MaxCopySize3 {
-		return 0, fmt.Errorf("the key slots of %d keys need %d bytes per header copy; format version 3 holds at most %d (use fewer keys, or --format-version 2)", len(uris), need, header.MaxCopySize3)
-	}
-	return c, nil
+	return header.CopyNeeded(k.slots), nil
 }
 
 // marshalConfig returns the JSON of cfg with the names key nk (nil for
