@@ -361,7 +361,17 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 	}
 	write := func() error { return f.writeLocked(ctx, h.fd, &h.wb, p, off) }
 	if f.v3() {
-		write = func() error { return f.writeLocked3(ctx, h.fd, p, off) }
+		write = func() error {
+			err := f.writeLocked3(ctx, h.fd, p, off)
+			if err == nil && len(p) >= writebackMin {
+				// As startWriteback: the pages of a large write go to the
+				// disk while the next requests are encrypted.
+				l := f.cfg.V3
+				from := l.DataOff(uint64(off) / uint64(l.BlockSize))
+				startWriteback(h.fd, &h.wb, nil, from, int(l.PagedSize(off+int64(len(p)))-from))
+			}
+			return err
+		}
 	}
 	if err := write(); err != nil {
 		return 0, err
