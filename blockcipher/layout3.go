@@ -158,7 +158,9 @@ func (l Layout3) PlainSize(c int64) (int64, error) {
 		}
 		return c - h - Overhead, nil
 	case c == inlineEnd:
-		return 0, fmt.Errorf("blockcipher: backing file of exactly one page: %w", ErrBadCipherSize)
+		// Counted as an inline file would be, so that reads reach the
+		// damage and fail instead of the file looking empty.
+		return c - h - Overhead, fmt.Errorf("blockcipher: backing file of exactly one page: %w", ErrBadCipherSize)
 	}
 	d := c - PageSize
 	g0 := int64(l.G0) * int64(l.BlockSize)
