@@ -488,8 +488,9 @@ func (f *File) readLocked3(fd int, dest []byte, off int64) (int, error) {
 	limit := uint64(math.MaxUint64)
 	var whyLimit error
 	if damaged != nil {
-		// A size no file has (docs/FORMAT.md): every read fails.
-		limit, whyLimit = 0, fmt.Errorf("%w: %w", ErrCorrupt, damaged)
+		// A size no file has (docs/FORMAT.md): every read fails; the
+		// damage is from the block the size ends in.
+		limit, whyLimit = 0, fmt.Errorf("%w: %w (damaged from block %d)", ErrCorrupt, damaged, uint64(max(p-1, 0)/B))
 	} else if limit, whyLimit = f.consistent3(fd, p, c); limit != math.MaxUint64 && whyLimit != nil && !errors.Is(whyLimit, ErrCorrupt) {
 		return 0, whyLimit
 	}
