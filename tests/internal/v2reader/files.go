@@ -24,7 +24,6 @@ const (
 	headerSize    = 4096
 	preambleSize  = 32
 	copySize      = 2032
-	macOffset     = 2000
 	blockOverhead = 28
 )
 
@@ -113,11 +112,13 @@ type headerCopy struct {
 	raw        []byte
 }
 
-// parseCopy parses a header copy; nil, nil for an unused one.
+// parseCopy parses a header copy of len(b) bytes (2032 in version 1, C in
+// version 3), whose MAC is its last 32 bytes; nil, nil for an unused one.
 func parseCopy(b []byte, index int) (*headerCopy, error) {
-	if bytes.Equal(b, make([]byte, copySize)) {
+	if bytes.Equal(b, make([]byte, len(b))) {
 		return nil, nil
 	}
+	macOffset := len(b) - 32
 	c := &headerCopy{index: index, raw: b, seq: binary.BigEndian.Uint64(b[0:8])}
 	n := int(b[8])
 	if c.seq < 1 || n < 1 || n > 8 {
@@ -186,6 +187,11 @@ type File struct {
 	BlockSize int
 	VolumeID  string // the volume named by the accepted slot's context
 	Plain     []byte
+	// Version 3 only: whether the file is inline, the blocks that read
+	// as holes and the groups that are holes.
+	Inline     bool
+	Holes      []int64
+	HoleGroups []int64
 }
 
 // DecryptFile decrypts a regular backing file with key. volumeID, if not
@@ -295,8 +301,8 @@ func validCopy(pre, fileID []byte, c *headerCopy, dk []byte) bool {
 	}
 	m := hmac.New(sha256.New, mk)
 	m.Write(pre)
-	m.Write(c.raw[:macOffset])
-	return hmac.Equal(m.Sum(nil), c.raw[macOffset:])
+	m.Write(c.raw[:len(c.raw)-32])
+	return hmac.Equal(m.Sum(nil), c.raw[len(c.raw)-32:])
 }
 
 // Config is the volume configuration ("Volume configuration").
@@ -308,6 +314,18 @@ type Config struct {
 	Keys      []string `json:"keys"`
 	Names     string   `json:"names"`
 	NamesKey  []byte   `json:"names_key"` // standard base64 in the JSON
+	// HeaderCopySize is C, the header copy size of the regular files of
+	// a version-3 volume ("Regular files, version 3"); 0 before.
+	HeaderCopySize int `json:"header_copy_size"`
+}
+
+// DecryptFile decrypts a regular backing file of the volume c
+// configures, with the layout of its version.
+func (c *Config) DecryptFile(data []byte, key *LocalKey) (*File, error) {
+	if c.Version >= 3 {
+		return DecryptFileV3(data, key, c.VolumeID, c.BlockSize, c.HeaderCopySize)
+	}
+	return DecryptFile(data, key, c.VolumeID, c.BlockSize)
 }
 
 // VolumeIDBytes is the volume ID as 16 bytes: the root's directory ID.
@@ -335,15 +353,19 @@ func ReadConfig(dir string, key *LocalKey) (*Config, error) {
 		return nil, fmt.Errorf("%s: %w", p, err)
 	}
 	switch {
-	case c.Format != "kmsfs" || (c.Version != 1 && c.Version != 2):
+	case c.Format != "kmsfs" || c.Version < 1 || c.Version > 3:
 		return nil, fmt.Errorf("%s: format %q version %d", p, c.Format, c.Version)
+	case c.Version == 3 && !validCopySize3(c.HeaderCopySize):
+		return nil, fmt.Errorf("%s: header_copy_size %d", p, c.HeaderCopySize)
+	case c.Version < 3 && c.HeaderCopySize != 0:
+		return nil, fmt.Errorf("%s: header_copy_size in a version-%d configuration", p, c.Version)
 	case c.VolumeID != f.VolumeID:
 		return nil, fmt.Errorf("%s: volume_id %s, its key slot names %s", p, c.VolumeID, f.VolumeID)
 	case c.BlockSize != f.BlockSize:
 		return nil, fmt.Errorf("%s: block_size %d, its preamble says %d", p, c.BlockSize, f.BlockSize)
 	case c.Version == 1 && (c.Names != "" || c.NamesKey != nil):
 		return nil, fmt.Errorf("%s: version 1 with names settings", p)
-	case c.Version == 2 && c.Names != "siv" && c.Names != "plaintext":
+	case c.Version >= 2 && c.Names != "siv" && c.Names != "plaintext":
 		return nil, fmt.Errorf("%s: names %q", p, c.Names)
 	case c.Names == "siv" && len(c.NamesKey) != NamesKeySize:
 		return nil, fmt.Errorf("%s: names_key of %d bytes", p, len(c.NamesKey))

@@ -1,7 +1,9 @@
-// Package v2reader reads what a kmsfs volume of format version 2 keeps
-// in its backing directory: encrypted entry names, symlink targets and
-// extended attributes, and (to get at the names key) the volume
-// configuration and regular files.
+// Package v2reader reads what a kmsfs volume of format version 2 or 3
+// keeps in its backing directory: encrypted entry names, symlink targets
+// and extended attributes, the volume configuration, and regular files in
+// the layout of versions 1 and 2 (files.go) and of version 3, with its
+// inline files, pages, size records, hole entries and group tokens
+// (files3.go).
 //
 // It is written from docs/FORMAT.md alone, as a second implementation
 // that the tests compare kmsfs with: it shares no code with kmsfs (it
