@@ -652,6 +652,13 @@ func (f *File) writePaged3(fd int, c, p int64, data []byte, off int64) error {
 			return err
 		}
 		p = int64(L)*B + newLen
+		// The part of the write before block L overwrites blocks that
+		// exist: an op of its own.
+		if lo := int64(L) * B; off < lo {
+			if err := f.writePaged3(fd, c, p, data[:lo-off], off); err != nil {
+				return err
+			}
+		}
 		if end <= top {
 			return nil
 		}

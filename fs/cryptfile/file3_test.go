@@ -330,6 +330,34 @@ func isZeroBytes(b []byte) bool {
 	return true
 }
 
+// TestV3WriteAcrossPartialEnd: a write that starts in a whole block and
+// ends past a partial last block (found by the mount's exerciser: the
+// part before the last block was lost).
+func TestV3WriteAcrossPartialEnd(t *testing.T) {
+	for _, tc := range []struct{ size, off, n int64 }{
+		{18347, 14435, 4096}, // from block 3 into the partial block 4, which grows
+		{18347, 14435, 9000}, // ... and on past its end
+		{5000, 100, 4000},    // block 0 and the partial block 1
+		{8195, 4000, 8200},   // blocks 0, 1 and past the end
+	} {
+		t.Run(fmt.Sprintf("%d-%d-%d", tc.size, tc.off, tc.n), func(t *testing.T) {
+			e := newEnv3(t, 4096, nil, t.TempDir())
+			h := e.open()
+			m := model(bytes.Repeat([]byte{'a'}, int(tc.size)))
+			if _, err := h.WriteAt(context.Background(), m, 0); err != nil {
+				t.Fatal(err)
+			}
+			p := bytes.Repeat([]byte{'b'}, int(tc.n))
+			if _, err := h.WriteAt(context.Background(), p, tc.off); err != nil {
+				t.Fatal(err)
+			}
+			m.write(p, tc.off)
+			e.wasPaged = true
+			e.check(h, m)
+		})
+	}
+}
+
 // TestV3SparseIsSparse: a file grown by a terabyte-scale truncate stays
 // small on disk and reads zeros.
 func TestV3SparseIsSparse(t *testing.T) {

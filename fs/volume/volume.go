@@ -352,7 +352,11 @@ func Init(ctx context.Context, dir string, o InitOptions, res *keyring.Resolver)
 	}
 	if version == 3 {
 		// The header copies must hold the slots of every key: wrap a
-		// throwaway data key under each to learn their size.
+		// throwaway data key under each to learn their size (public-key
+		// slots are tagged with the slot key, held first).
+		if err := v.ensureSlotKey(cfg.SlotKey); err != nil {
+			return nil, fmt.Errorf("init: %w", err)
+		}
 		c, err := v.copySizeFor(ctx, keyURIs)
 		if err != nil {
 			return nil, fmt.Errorf("init: %w", err)
