@@ -328,7 +328,7 @@ func (h *Handle) Read(p []byte, off int64) (int, error) {
 		return 0, f.broken
 	}
 	if f.v3() {
-		return f.readLocked3(h.fd, p, off)
+		return f.readLocked3(h.fd, &h.direct, p, off)
 	}
 	return f.readLocked(h.fd, &h.direct, p, off)
 }
@@ -367,7 +367,13 @@ func (h *Handle) WriteAt(ctx context.Context, p []byte, off int64) (int, error) 
 				// As startWriteback: the pages of a large write go to the
 				// disk while the next requests are encrypted.
 				l := f.cfg.V3
-				from := l.DataOff(uint64(off) / uint64(l.BlockSize))
+				first := uint64(off) / uint64(l.BlockSize)
+				from := l.DataOff(first)
+				if g, i := l.Group(first); g > 0 && i > 0 {
+					// The group's metadata page, written too, lies
+					// before the first block.
+					from = l.MetaOff(g)
+				}
 				startWriteback(h.fd, &h.wb, nil, from, int(l.PagedSize(off+int64(len(p)))-from))
 			}
 			return err

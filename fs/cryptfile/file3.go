@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"slices"
 	"sync"
@@ -453,7 +454,7 @@ func (f *File) readBlocks3(fd int, first, last uint64, p int64, out []byte) erro
 }
 
 // readLocked3 is readLocked for version 3.
-func (f *File) readLocked3(fd int, dest []byte, off int64) (int, error) {
+func (f *File) readLocked3(fd int, direct *directFd, dest []byte, off int64) (int, error) {
 	p, c, err := f.sizes(fd)
 	if err != nil && !errors.Is(err, blockcipher.ErrBadCipherSize) {
 		return 0, err
@@ -501,7 +502,18 @@ func (f *File) readLocked3(fd int, dest []byte, off int64) (int, error) {
 	pb := getBuf(need + blockcipher.TagSize)
 	defer putBuf(pb)
 	out := *pb
-	if err := f.readBlocks3(fd, first, last, p, out); err != nil {
+	err = errDirect
+	if need >= directMin && direct != nil {
+		if dfd := direct.get(fd); dfd >= 0 {
+			if err = f.readBlocks3Direct(fd, dfd, first, last, p, out); err == errDirect {
+				direct.disable()
+			}
+		}
+	}
+	if err == errDirect {
+		err = f.readBlocks3(fd, first, last, p, out)
+	}
+	if err != nil {
 		return 0, err
 	}
 	skip := off - int64(first)*B
@@ -1039,6 +1051,90 @@ func (f *File) reserve3(fd int, off, end int64) error {
 	err = unix.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, from, to-from)
 	if err != nil && !errors.Is(err, syscall.EOPNOTSUPP) {
 		return err
+	}
+	return nil
+}
+
+// readBlocks3Direct is readBlocks3 through dfd, the O_DIRECT descriptor
+// of the backing file (see direct.go): the pages from block first to the
+// end of block last, metadata pages between them included, in one read
+// that bypasses the page cache. It returns errDirect, with nothing read,
+// if the backing file system refuses the read.
+func (f *File) readBlocks3Direct(fd, dfd int, first, last uint64, p int64, out []byte) error {
+	l := f.cfg.V3
+	c3 := f.key.Cipher()
+	B := int64(l.BlockSize)
+	endBlock := uint64((p - 1) / B)
+	blockLen := func(b uint64) int64 {
+		if b == endBlock {
+			return p - int64(b)*B
+		}
+		return B
+	}
+	a0 := l.DataOff(first)
+	end := l.DataOff(last) + blockLen(last)
+	a1 := (end + directAlign - 1) &^ (directAlign - 1)
+	directSlots <- struct{}{}
+	defer func() { <-directSlots }()
+	buf := getDirect(int(a1 - a0))
+	defer directPool.Put(buf)
+	got := 0
+	for got < len(*buf) {
+		m, err := syscall.Pread(dfd, (*buf)[got:], a0+int64(got))
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == syscall.EINVAL && got == 0 {
+			return errDirect
+		}
+		if err != nil {
+			return err
+		}
+		got += m
+		if m == 0 || got%directAlign != 0 {
+			break // end of file
+		}
+	}
+	if int64(got) < end-a0 {
+		return fmt.Errorf("reading blocks %d-%d: %w", first, last, io.ErrUnexpectedEOF)
+	}
+	t := &tx3{f: f, fd: fd, l: l, cph: c3, c: math.MaxInt64, metas: map[uint64]*meta3{}}
+	for n := first; n <= last; {
+		g, i0 := l.Group(n)
+		z := min(last, l.GroupFirst(g)+uint64(l.GroupLen(g))-1)
+		var m *meta3
+		if g > 0 && l.MetaOff(g) >= a0 {
+			// The metadata page came with the blocks.
+			o := l.MetaOff(g) - a0
+			m = &meta3{g: g, buf: (*buf)[o : o+blockcipher.EntrySize*(1+blockcipher.GroupBlocks)], first: blockcipher.EntrySize}
+			m.hole = c3.IsGroupToken(m.buf[:blockcipher.EntrySize], g)
+		} else {
+			var err error
+			if m, err = t.meta(g); err != nil {
+				return err
+			}
+			delete(t.metas, g)
+		}
+		for b := n; b <= z; b++ {
+			k := int64(b-first) * B
+			mlen := blockLen(b)
+			e := m.entry(i0 + int(b-n))
+			switch {
+			case m.hole:
+				clear(out[k : k+mlen])
+			case blockcipher.ZeroEntry(e):
+				return fmt.Errorf("%w: block %d has no entry (zeroed or never written)", ErrCorrupt, b)
+			case c3.IsHoleEntry(e, b):
+				clear(out[k : k+mlen])
+			default:
+				src := l.DataOff(b) - a0
+				copy(out[k:k+mlen], (*buf)[src:src+mlen])
+				if err := c3.OpenData3(out[k:], int(mlen), b, e); err != nil {
+					return fmt.Errorf("%w: %w", ErrCorrupt, err)
+				}
+			}
+		}
+		n = z + 1
 	}
 	return nil
 }
