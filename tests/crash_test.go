@@ -420,16 +420,20 @@ func crashXLogProblems(v *volume) []string {
 	return bad
 }
 
-// crashXCheckBacking checks the size of every backing file in dir
-// against docs/FORMAT.md: empty, or a whole header followed by blocks of
-// at least one plaintext byte.
-func crashXCheckBacking(t *testing.T, dir string, bs int) {
+// crashXCheckBacking checks the size of every backing file in dir, a
+// backing directory of v, against docs/FORMAT.md: a size some file has
+// (v.plainSizeOf), never a torn header or a torn tail. In version 2 that
+// is empty, or a whole header followed by blocks of at least one plaintext
+// byte; in version 3 empty, a whole header alone, an inline file with at
+// least one plaintext byte, or a paged file ending in a block with at
+// least one byte (not at exactly one page, not in a metadata page).
+func crashXCheckBacking(t *testing.T, v *volume, dir string) {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatalf("os.ReadDir(%s) = %v", dir, err)
 	}
-	cb := int64(bs + blockOverhead)
+	hl := int64(v.headerLen())
 	for _, e := range ents {
 		if names.Internal(e.Name()) {
 			continue // a directory ID or long-name file, not an encrypted file
@@ -440,12 +444,12 @@ func crashXCheckBacking(t *testing.T, dir string, bs int) {
 			continue
 		}
 		c := fi.Size()
-		switch r := (c - headerSize) % cb; {
-		case c == 0:
-		case c < headerSize:
-			t.Errorf("backing file %s is %d bytes: a torn header", filepath.Join(dir, e.Name()), c)
-		case r >= 1 && r <= blockOverhead:
-			t.Errorf("backing file %s is %d bytes: a torn last block (%d bytes)", filepath.Join(dir, e.Name()), c, r)
+		if _, err := v.plainSizeOf(t, c); err != nil {
+			what := "a torn tail"
+			if c < hl {
+				what = "a torn header"
+			}
+			t.Errorf("backing file %s is %d bytes: %s (%v)", filepath.Join(dir, e.Name()), c, what, err)
 		}
 	}
 }
@@ -670,7 +674,7 @@ func TestCrash(t *testing.T) {
 			crashXRecheck(t, dir, sums[old], true)
 			delete(sums, old)
 		}
-		crashXCheckBacking(t, v.backing("crash"), v.blockSize)
+		crashXCheckBacking(t, v, v.backing("crash"))
 		if bad := crashXLogProblems(v); len(bad) > 0 {
 			t.Errorf("round %d: the daemon log reports problems, want none:\n%s", round, strings.Join(bad, "\n"))
 		}

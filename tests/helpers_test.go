@@ -2,14 +2,18 @@ package tests
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/blockcipher"
+	"github.com/kmsfs/kmsfs/header"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,10 +33,12 @@ func pattern(tag string, n int) []byte {
 	return b.Bytes()[:n]
 }
 
-// cipherSize is the size of the backing file of a plaintext of size plain
-// with block size bs (docs/FORMAT.md, "Sizes"), for a file that has a
-// header. A file of size 0 may also have no header: see emptyOK.
-func cipherSize(plain int64, bs int) int64 {
+// cipherSizeV2 is the size of the backing file of a plaintext of size
+// plain with block size bs in format versions 1 and 2 (docs/FORMAT.md,
+// "Sizes"), for a file that has a header. A file of size 0 may also have
+// no header (0 bytes). Version 3 lays files out differently: see
+// volume.backingSizes.
+func cipherSizeV2(plain int64, bs int) int64 {
 	if plain == 0 {
 		return headerSize
 	}
@@ -45,8 +51,80 @@ func cipherSize(plain int64, bs int) int64 {
 	return c
 }
 
-// blockOffset is the offset of block n in a backing file.
-func blockOffset(n int64, bs int) int64 {
+// headerLen is the size of the header of v's regular files: 32 + 2*C in
+// format version 3, headerSize (4096) in version 2.
+func (v *volume) headerLen() int {
+	if v.formatVersion >= 3 {
+		return header.PreambleSize + 2*v.copySize
+	}
+	return headerSize
+}
+
+// layout3 returns the layout of the regular files of v, which must be a
+// volume of format version 3 (docs/FORMAT.md, "Regular files, version 3").
+func (v *volume) layout3(t testing.TB) blockcipher.Layout3 {
+	t.Helper()
+	if v.formatVersion < 3 {
+		t.Fatalf("layout3 of a volume of format version %d", v.formatVersion)
+	}
+	l, err := blockcipher.NewLayout3(v.blockSize, v.headerLen())
+	if err != nil {
+		t.Fatalf("blockcipher.NewLayout3(%d, %d) = %v", v.blockSize, v.headerLen(), err)
+	}
+	return l
+}
+
+// backingSizes returns every size docs/FORMAT.md allows for the backing
+// file of a regular file of plain bytes in v, smallest first. In version
+// 2: no header (plain 0 only) or a header and the blocks. In version 3: no
+// header or a header alone (plain 0); inline, when plain fits, or paged
+// (a file that was paged stays paged when it shrinks).
+func (v *volume) backingSizes(t testing.TB, plain int64) []int64 {
+	t.Helper()
+	if v.formatVersion < 3 {
+		if plain == 0 {
+			return []int64{0, headerSize}
+		}
+		return []int64{cipherSizeV2(plain, v.blockSize)}
+	}
+	l := v.layout3(t)
+	switch {
+	case plain == 0:
+		return []int64{0, l.InlineSize(0)}
+	case plain <= l.InlineMax():
+		return []int64{l.InlineSize(plain), l.PagedSize(plain)}
+	}
+	return []int64{l.PagedSize(plain)}
+}
+
+// plainSizeOf returns the plaintext size docs/FORMAT.md gives a regular
+// backing file of c bytes of v, and an error (wrapping
+// blockcipher.ErrBadCipherSize) for a size no file has: a torn header, a
+// torn last block in version 2; in version 3 also an inline file with no
+// room for its plaintext, a file of exactly one page, a file ending in a
+// metadata page.
+func (v *volume) plainSizeOf(t testing.TB, c int64) (int64, error) {
+	t.Helper()
+	if v.formatVersion < 3 {
+		return blockcipher.Layout{BlockSize: v.blockSize, DataOffset: headerSize}.PlainSize(c)
+	}
+	return v.layout3(t).PlainSize(c)
+}
+
+// blockOffset is the offset in a backing file of v of the stored bytes of
+// block n: in version 2 its nonce, ciphertext and tag; in version 3, of a
+// paged file, its ciphertext (its entry is elsewhere).
+func (v *volume) blockOffset(t testing.TB, n int64) int64 {
+	t.Helper()
+	if v.formatVersion < 3 {
+		return blockOffsetV2(n, v.blockSize)
+	}
+	return v.layout3(t).DataOff(uint64(n))
+}
+
+// blockOffsetV2 is the offset of block n in a backing file of format
+// version 1 or 2.
+func blockOffsetV2(n int64, bs int) int64 {
 	return headerSize + n*int64(bs+blockOverhead)
 }
 
@@ -115,8 +193,10 @@ func checkContent(t *testing.T, path string, want []byte, bs int) {
 }
 
 // checkBacking checks the backing file of name: it exists under the same
-// name, its size follows docs/FORMAT.md for a plaintext of plainSize
-// bytes, and it does not contain the plaintext marker.
+// name, its size is one docs/FORMAT.md allows for a plaintext of
+// plainSize bytes in v's format version (volume.backingSizes), its
+// preamble is that of the version, and it does not contain the plaintext
+// marker.
 func checkBacking(t *testing.T, v *volume, name string, plainSize int64) {
 	t.Helper()
 	p := v.backing(name)
@@ -125,32 +205,52 @@ func checkBacking(t *testing.T, v *volume, name string, plainSize int64) {
 		t.Errorf("os.ReadFile(%q) = %v, want the backing file", p, err)
 		return
 	}
-	want := cipherSize(plainSize, v.blockSize)
-	if got := int64(len(b)); got != want && !(plainSize == 0 && got == 0) {
-		t.Errorf("size of backing file %s = %d, want %d (plaintext %d bytes, block size %d)", p, got, want, plainSize, v.blockSize)
+	want := v.backingSizes(t, plainSize)
+	if got := int64(len(b)); !slices.Contains(want, got) {
+		t.Errorf("size of backing file %s = %d, want one of %v (plaintext %d bytes, block size %d, format version %d)", p, got, want, plainSize, v.blockSize, v.formatVersion)
+	}
+	// The size alone says how much plaintext the file holds.
+	if got, err := v.plainSizeOf(t, int64(len(b))); err != nil || got != plainSize {
+		t.Errorf("plaintext size of a backing file of %d bytes (%s) = %d, %v; want %d", len(b), p, got, err, plainSize)
 	}
 	if i := bytes.Index(b, []byte(marker)); i >= 0 {
 		t.Errorf("backing file %s contains the plaintext marker at offset %d", p, i)
 	}
-	if len(b) >= headerSize {
-		checkPreamble(t, p, b[:32], v.blockSize)
+	if len(b) > 0 {
+		if len(b) < v.headerLen() {
+			t.Errorf("backing file %s is %d bytes: shorter than its %d-byte header", p, len(b), v.headerLen())
+			return
+		}
+		checkPreamble(t, p, b[:header.PreambleSize], v.blockSize, v.copySize)
 	}
 }
 
-// checkPreamble checks the first 32 bytes of a backing file.
-func checkPreamble(t *testing.T, path string, pre []byte, bs int) {
+// checkPreamble checks the first 32 bytes of a backing file: magic,
+// version, block size bs and reserved bytes. copySize is 0 for a
+// version-1 header (kmsfs.conf, and regular files of format versions 1
+// and 2), or the copy size C of a version-3 header (docs/FORMAT.md,
+// "Header (version 3)"), which is then at bytes 9..10 and followed by 5
+// reserved bytes.
+func checkPreamble(t *testing.T, path string, pre []byte, bs, copySize int) {
 	t.Helper()
 	if got, want := string(pre[:6]), "KMSFS\x00"; got != want {
 		t.Errorf("magic of %s = %q, want %q", path, got, want)
 	}
-	if got, want := int(pre[6])<<8|int(pre[7]), 1; got != want {
-		t.Errorf("version of %s = %d, want %d", path, got, want)
+	version, reserved := 1, pre[9:16]
+	if copySize != 0 {
+		version, reserved = 3, pre[11:16]
+		if got := int(binary.BigEndian.Uint16(pre[9:11])); got != copySize {
+			t.Errorf("header copy size of %s = %d, want %d", path, got, copySize)
+		}
+	}
+	if got := int(binary.BigEndian.Uint16(pre[6:8])); got != version {
+		t.Errorf("version of %s = %d, want %d", path, got, version)
 	}
 	if got, want := 1<<pre[8], bs; got != want {
 		t.Errorf("block size of %s = %d, want %d", path, got, want)
 	}
-	if !bytes.Equal(pre[9:16], make([]byte, 7)) {
-		t.Errorf("reserved bytes of %s = %x, want zeros", path, pre[9:16])
+	if !bytes.Equal(reserved, make([]byte, len(reserved))) {
+		t.Errorf("reserved bytes of %s = %x, want zeros", path, reserved)
 	}
 }
 

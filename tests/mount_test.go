@@ -38,11 +38,22 @@ const (
 	// defaultBlockSize is the plaintext block size of a volume made
 	// without --block-size.
 	defaultBlockSize = 4096
-	// headerSize is the size of a backing file's header (docs/FORMAT.md).
+	// headerSize is the size of a version-1 header (docs/FORMAT.md,
+	// "Header"): the header of kmsfs.conf and of the write journal in
+	// every format version, and of regular files in format versions 1
+	// and 2. A regular file of version 3 has a header of 32 + 2*C bytes
+	// (volume.headerLen).
 	headerSize = 4096
-	// blockOverhead is what a stored block adds to its plaintext: a
-	// 12-byte nonce and a 16-byte GCM tag.
+	// blockOverhead is what a stored block of version 1 or 2 adds to its
+	// plaintext: a 12-byte nonce and a 16-byte GCM tag. (In version 3 a
+	// block's nonce and tag are its entry, stored apart from it, and the
+	// inline content of a small file has the same overhead.)
 	blockOverhead = 28
+	// defaultCopySize is the header copy size C that "kmsfs init" gives a
+	// version-3 volume whose key slots fit in it, as those of the tests'
+	// volumes with one or two local keys do (docs/FORMAT.md, "Volume
+	// configuration").
+	defaultCopySize = 1024
 	// confName is the volume configuration file in the cipher directory.
 	confName = "kmsfs.conf"
 
@@ -326,6 +337,13 @@ type volume struct {
 	logFile   string // the daemon's --log-file
 	raceDir   string // where race-enabled kmsfs processes write reports
 	blockSize int
+	// formatVersion is the volume's format version: 3 (what "kmsfs
+	// init" makes), or 2 when its init arguments say "--format-version 2".
+	formatVersion int
+	// copySize is the header copy size C of the regular files of a
+	// version-3 volume (defaultCopySize); 0 in version 2, whose files
+	// have a version-1 header.
+	copySize  int
 	mountArgs []string
 	bin       string // the kmsfs binary of the volume's commands
 
@@ -356,6 +374,10 @@ func newVolume(t *testing.T, opts ...volumeOption) *volume {
 		blockSize: o.blockSize,
 		mountArgs: o.mountArgs,
 		bin:       kmsfsBin,
+	}
+	v.formatVersion = initFormatVersion(o.initArgs)
+	if v.formatVersion >= 3 {
+		v.copySize = defaultCopySize
 	}
 	if o.plain {
 		requirePlainBinary(t)
@@ -399,6 +421,26 @@ func newVolume(t *testing.T, opts ...volumeOption) *volume {
 		v.mount()
 	}
 	return v
+}
+
+// initFormatVersion returns the format version "kmsfs init" makes with
+// the arguments args: the one named by --format-version, 3 by default.
+func initFormatVersion(args []string) int {
+	version := 3
+	for i, a := range args {
+		// The flag package takes -flag as well as --flag.
+		a = strings.TrimPrefix(a, "-")
+		val, ok := strings.CutPrefix(a, "-format-version=")
+		if !ok && a == "-format-version" && i+1 < len(args) {
+			val, ok = args[i+1], true
+		}
+		if ok {
+			if n, err := strconv.Atoi(val); err == nil {
+				version = n
+			}
+		}
+	}
+	return version
 }
 
 // env is the environment of the kmsfs commands of this volume: HOME

@@ -390,7 +390,7 @@ func tamperedVolume(t *testing.T) *volume {
 	}
 	defer f.Close()
 	b := make([]byte, 1)
-	off := blockOffset(1, v.blockSize) + 40
+	off := v.blockOffset(t, 1) + 40
 	if _, err := f.ReadAt(b, off); err != nil {
 		t.Fatal(err)
 	}

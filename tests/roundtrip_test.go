@@ -61,7 +61,7 @@ func TestRoundTrip(t *testing.T) {
 			if len(conf) < headerSize {
 				t.Fatalf("size of %s = %d, want >= %d", confName, len(conf), headerSize)
 			}
-			checkPreamble(t, v.backing(confName), conf[:32], bs)
+			checkPreamble(t, v.backing(confName), conf[:32], bs, 0) // a version-1 header in every format version
 
 			v.remount()
 			check("after remount")

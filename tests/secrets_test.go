@@ -26,6 +26,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmsfs/kmsfs/blockcipher"
 	"golang.org/x/crypto/scrypt"
 )
 
@@ -114,15 +115,38 @@ type secretsXSlot struct {
 	ctx, wrapped []byte
 }
 
-// secretsXSlots returns the file ID and the key slots of header copy 0
-// of a backing file.
-func secretsXSlots(t *testing.T, b []byte) ([]byte, []secretsXSlot) {
+// secretsXHeaderLen returns the length of the header of a backing file
+// and the size of its copies, from its preamble (docs/FORMAT.md,
+// "Header" and "Header (version 3)"): 4096 and 2032 for version 1
+// (kmsfs.conf, the files of format versions 1 and 2), 32 + 2*C and C for
+// version 3, whose copy size C is the u16 at bytes 9..10.
+func secretsXHeaderLen(t *testing.T, b []byte) (hl, copyLen int) {
 	t.Helper()
-	if len(b) < headerSize {
+	if len(b) < 32 {
 		t.Fatalf("backing file of %d bytes has no header", len(b))
 	}
+	switch v := binary.BigEndian.Uint16(b[6:8]); v {
+	case 1:
+		hl, copyLen = headerSize, 2032
+	case 3:
+		copyLen = int(binary.BigEndian.Uint16(b[9:11]))
+		hl = 32 + 2*copyLen
+	default:
+		t.Fatalf("backing file with a header of version %d", v)
+	}
+	if len(b) < hl {
+		t.Fatalf("backing file of %d bytes has no header (%d bytes)", len(b), hl)
+	}
+	return hl, copyLen
+}
+
+// secretsXSlots returns the file ID and the key slots of header copy 0
+// of a backing file (of any format version).
+func secretsXSlots(t *testing.T, b []byte) ([]byte, []secretsXSlot) {
+	t.Helper()
+	_, copyLen := secretsXHeaderLen(t, b)
 	fileID := b[16:32]
-	c := b[32 : 32+2032]
+	c := b[32 : 32+copyLen]
 	n := int(c[8])
 	p := 9
 	field := func() []byte {
@@ -170,17 +194,67 @@ func secretsXFileKeys(t *testing.T, backing, keyURI string, master []byte) (dk, 
 			t.Fatal(err)
 		}
 		// Check the derivation: block 0 must open with the content key.
+		secretsXCheckBlock0(t, backing, b, fileID, ck)
+		return dk, ck
+	}
+	t.Fatalf("%s has no slot for %s", backing, keyURI)
+	return nil, nil
+}
+
+// secretsXCheckBlock0 checks that the first block of the backing file b
+// (its content if it is an inline file of version 3) opens with the
+// content key ck: the test derived the key right.
+func secretsXCheckBlock0(t *testing.T, backing string, b, fileID, ck []byte) {
+	t.Helper()
+	hl, _ := secretsXHeaderLen(t, b)
+	if hl == headerSize {
+		// Version 1: block 0 is nonce || ciphertext || tag right after
+		// the header, with AD = file ID || u64(0).
 		if len(b) > headerSize+28 {
-			blk := b[headerSize:min(len(b), headerSize+defaultBlockSize+blockOverhead)]
+			blk := b[headerSize:min(len(b), headerSize+int(1)<<b[8]+blockOverhead)]
 			ad := binary.BigEndian.AppendUint64(bytes.Clone(fileID), 0)
 			if _, err := secretsXGCM(ck).Open(nil, blk[:12], blk[12:], ad); err != nil {
 				t.Fatalf("block 0 of %s does not open with the content key the test derived: %v", backing, err)
 			}
 		}
-		return dk, ck
+		return
 	}
-	t.Fatalf("%s has no slot for %s", backing, keyURI)
-	return nil, nil
+	// Version 3: AD(x, kind) = file ID || u64(x) || u8(kind).
+	ad3 := func(x uint64, kind byte) []byte {
+		return append(binary.BigEndian.AppendUint64(bytes.Clone(fileID), x), kind)
+	}
+	c := int64(len(b))
+	switch {
+	case c == int64(hl):
+		// A header alone: an empty file, nothing sealed.
+	case c < 4096:
+		// Inline: nonce || GCM(CK, nonce, plaintext, AD(0, 3)) after the
+		// header.
+		in := b[hl:]
+		if _, err := secretsXGCM(ck).Open(nil, in[:12], in[12:], ad3(0, 3)); err != nil {
+			t.Fatalf("the inline content of %s does not open with the content key the test derived: %v", backing, err)
+		}
+	default:
+		// Paged: block 0's ciphertext at 4096, its entry nonce || tag
+		// after the two size records; sealed with AD(0, 0), or a hole
+		// (empty plaintext, AD(0, 1)).
+		l, err := blockcipher.NewLayout3(1<<b[8], hl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, err := l.PlainSize(c)
+		if err != nil {
+			t.Fatalf("backing file %s of %d bytes: %v", backing, c, err)
+		}
+		e := b[l.EntryOff(0) : l.EntryOff(0)+28]
+		ct := b[l.DataOff(0) : l.DataOff(0)+min(int64(l.BlockSize), plain)]
+		_, err = secretsXGCM(ck).Open(nil, e[:12], append(bytes.Clone(ct), e[12:]...), ad3(0, 0))
+		if err != nil {
+			if _, herr := secretsXGCM(ck).Open(nil, e[:12], e[12:], ad3(0, 1)); herr != nil {
+				t.Fatalf("block 0 of %s opens with the content key the test derived neither as data (%v) nor as a hole (%v)", backing, err, herr)
+			}
+		}
+	}
 }
 
 // secretsXForms are the ways a key may appear in text.
@@ -390,7 +464,8 @@ func testSecretsLogs(t *testing.T, withPass bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b[headerSize+100] ^= 1
+	// A byte of block 0's ciphertext (in version 2, past its nonce).
+	b[v.blockOffset(t, 0)+100] ^= 1
 	if err := os.WriteFile(backs["tampered-block"], b, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,12 @@ import (
 // forge writes a kmsfs file with content plain at path, whose data key is
 // wrapped by the attacker's local key file keyPath and whose one slot
 // names slotURI (by default the attacker's key), for volume volID.
-func forge(t *testing.T, path, keyPath, slotURI, volID string, plain []byte) {
+// copySize is that of forgedFile: 0 for a version-1 header (kmsfs.conf,
+// the files of format version 2), the volume's header copy size for a
+// regular file of a version-3 volume (the attacker copies it from a
+// file of the volume, see backingCopySize), so that the file is refused
+// for its key slot, not for its layout.
+func forge(t *testing.T, path, keyPath, slotURI, volID string, copySize int, plain []byte) {
 	t.Helper()
 	ctx := context.Background()
 	reg := keyring.NewRegistry(local.Register)
@@ -43,23 +48,75 @@ func forge(t *testing.T, path, keyPath, slotURI, volID string, plain []byte) {
 	if slotURI == "" {
 		slotURI = local.URI(keyPath)
 	}
+	b := forgedFile(t, copySize, []header.Slot{{URI: slotURI, Context: encCtx, Wrapped: wrapped}}, dk.Bytes(), plain)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// forgedFile returns a kmsfs file holding plain (block size 4096) under
+// the data key dk, with a fresh file ID and the key slots slots. With
+// copySize 0 it has a version-1 header and blocks (docs/FORMAT.md,
+// "Header", "Blocks"): kmsfs.conf, or a regular file of format version 2.
+// Otherwise it is a regular file of version 3 with copies of copySize
+// bytes ("Regular files, version 3"), its content inline, which plain must
+// be short enough for.
+func forgedFile(t *testing.T, copySize int, slots []header.Slot, dk, plain []byte) []byte {
+	t.Helper()
 	var fileID [16]byte
 	rand.Read(fileID[:])
-	hdr, err := header.New(12, fileID, []header.Slot{{URI: slotURI, Context: encCtx, Wrapped: wrapped}}, dk.Bytes())
+	var hdr []byte
+	var err error
+	if copySize == 0 {
+		hdr, err = header.New(12, fileID, slots, dk)
+	} else {
+		hdr, err = header.NewV3(12, copySize, fileID, slots, dk)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	ck := make([]byte, 32)
-	if err := header.Derive(ck, dk.Bytes(), fileID, header.ContentKey); err != nil {
+	if err := header.Derive(ck, dk, fileID, header.ContentKey); err != nil {
 		t.Fatal(err)
 	}
-	c, err := blockcipher.New(ck, fileID, blockcipher.Layout{BlockSize: 4096, DataOffset: header.Size})
+	if copySize == 0 {
+		c, err := blockcipher.New(ck, fileID, blockcipher.Layout{BlockSize: 4096, DataOffset: header.Size})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(hdr, c.SealBlocks(nil, plain, 0)...)
+	}
+	c, err := blockcipher.New3(ck, fileID, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(path, append(hdr, c.SealBlocks(nil, plain, 0)...), 0o600); err != nil {
+	l, err := blockcipher.NewLayout3(4096, len(hdr))
+	if err != nil {
 		t.Fatal(err)
 	}
+	if int64(len(plain)) > l.InlineMax() {
+		t.Fatalf("forgedFile: %d bytes do not fit inline (at most %d)", len(plain), l.InlineMax())
+	}
+	if len(plain) == 0 {
+		return hdr
+	}
+	return c.SealInline(hdr, plain)
+}
+
+// backingCopySize returns the header copy size C in the preamble of the
+// backing file p: the volume's for a regular file of format version 3, 0
+// for a file with a version-1 header.
+func backingCopySize(t *testing.T, p string) int {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, err := header.ParsePreamble(b)
+	if err != nil {
+		t.Fatalf("preamble of %s: %v", p, err)
+	}
+	return int(pre.CopySize)
 }
 
 // volumeID is the ID of v's volume (from its configuration's key slots).
@@ -82,7 +139,7 @@ func TestForgedConfiguration(t *testing.T) {
 	attackerKey := v.backing("kmsfs.conf.tmp")
 	cfg, _ := json.Marshal(map[string]any{"format": "kmsfs", "version": 1, "volume_id": id, "block_size": 4096,
 		"keys": []string{local.URI(attackerKey)}, "data_key_reuse_files": 1, "data_key_reuse_seconds": 1})
-	forge(t, v.backing(kmsvolume.ConfigName), attackerKey, "", id, cfg)
+	forge(t, v.backing(kmsvolume.ConfigName), attackerKey, "", id, 0, cfg) // a version-1 header, as every kmsfs.conf
 	r := v.kmsfs(v.mountCommand()...)
 	if r.code != exitNoKey || !strings.Contains(r.stderr, "trusted") {
 		if r.code == exitOK {
@@ -99,7 +156,7 @@ func TestForgedFile(t *testing.T) {
 	v := newVolume(t)
 	want := pattern("genuine", 5000)
 	writeFile(t, v.path("genuine"), want)
-	forge(t, v.backing("forged"), filepath.Join(v.dir, "attacker.key"), "", v.volumeID(t), []byte("attacker's content"))
+	forge(t, v.backing("forged"), filepath.Join(v.dir, "attacker.key"), "", v.volumeID(t), backingCopySize(t, v.backing("genuine")), []byte("attacker's content"))
 	_, err := os.ReadFile(v.path("forged"))
 	if errnoOf(err) != syscall.EACCES {
 		t.Errorf("ReadFile(forged) = %v, want EACCES", err)
@@ -117,6 +174,9 @@ func TestForgedFile(t *testing.T) {
 // endpoint, and the file opens with EACCES.
 func TestUntrustedEndpoint(t *testing.T) {
 	v := newVolume(t)
+	// A file of the volume, to copy the layout of its files from.
+	writeFile(t, v.path("genuine"), []byte("genuine"))
+	copySize := backingCopySize(t, v.backing("genuine"))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +199,7 @@ func TestUntrustedEndpoint(t *testing.T) {
 		"huawei-kms://cn-north-4/key-attacker?project=" + cloudHwProject + "&endpoint=http://" + ln.Addr().String(),
 	} {
 		name := strings.SplitN(slot, ":", 2)[0]
-		forge(t, v.backing(name), filepath.Join(v.dir, "attacker.key"), slot, v.volumeID(t), []byte("attacker's content"))
+		forge(t, v.backing(name), filepath.Join(v.dir, "attacker.key"), slot, v.volumeID(t), copySize, []byte("attacker's content"))
 		_, err := os.ReadFile(v.path(name))
 		if errnoOf(err) != syscall.EACCES {
 			t.Errorf("ReadFile(%s) = %v, want EACCES", name, err)

@@ -13,7 +13,8 @@ import (
 // volume with encrypted names (docs/FORMAT.md, "Names (version 2)")
 // written through the mount: every directory but the root holds a
 // kmsfs.dirid, a long name a kmsfs.long.*.name file beside it. Neither is
-// a kmsfs encrypted file.
+// a kmsfs encrypted file. The volume is of the format version "kmsfs
+// init" makes (3), whose names are as in version 2.
 
 const (
 	walkV2DirID      = "kmsfs.dirid"
@@ -164,8 +165,8 @@ func TestWalkEncryptedNames(t *testing.T) {
 
 	// fsck: clean, every file checked, none of kmsfs's own files.
 	f := walkV2RunFsck(t, v, "fsck", exitOK)
-	if f.Result != "clean" || f.Files != 4 || f.FormatVersion != 2 || f.Names != "siv" || len(f.Problems) != 0 {
-		t.Errorf("fsck = %+v; want clean, 4 files, version 2, names siv", f)
+	if f.Result != "clean" || f.Files != 4 || f.FormatVersion != v.formatVersion || f.Names != "siv" || len(f.Problems) != 0 {
+		t.Errorf("fsck = %+v; want clean, 4 files, version %d, names siv", f, v.formatVersion)
 	}
 	// info: the same counts.
 	r := v.kmsfs("info", "--json", v.cipherDir)
@@ -179,8 +180,8 @@ func TestWalkEncryptedNames(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &info); err != nil || r.code != exitOK {
 		t.Fatalf("%v\n(%v) want exit 0", r, err)
 	}
-	if info.FormatVersion != 2 || info.Names != "siv" || info.Files != 4 || info.Directories != 4 || info.Symlinks != 1 {
-		t.Errorf("info --json = %+v; want version 2, names siv, 4 files, 4 directories, 1 symlink", info)
+	if info.FormatVersion != v.formatVersion || info.Names != "siv" || info.Files != 4 || info.Directories != 4 || info.Symlinks != 1 {
+		t.Errorf("info --json = %+v; want version %d, names siv, 4 files, 4 directories, 1 symlink", info, v.formatVersion)
 	}
 	if r := v.kmsfs("info", v.cipherDir); !strings.Contains(r.stdout, "names encrypted") {
 		t.Errorf("%v\nwant 'names encrypted'", r)

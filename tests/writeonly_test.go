@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
@@ -19,7 +18,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/kmsfs/kmsfs/blockcipher"
 	kmsvolume "github.com/kmsfs/kmsfs/fs/volume"
 	"github.com/kmsfs/kmsfs/header"
 	"github.com/kmsfs/kmsfs/keyring/kmsemu"
@@ -343,7 +341,9 @@ func TestAsymmetricInitRefusesUndecryptable(t *testing.T) {
 // made by someone who has only the public key of uri: a data key of their
 // own, wrapped under the public key, and a slot tag made with sk (the
 // attacker's guess of the slot key, or a slot key of their own).
-func forgePub(t *testing.T, path, uri string, pub []byte, sk []byte, volID string, plain []byte) {
+// copySize is as forge's: 0 for a version-1 header (kmsfs.conf), the
+// volume's header copy size for a regular file of a version-3 volume.
+func forgePub(t *testing.T, path, uri string, pub []byte, sk []byte, volID string, copySize int, plain []byte) {
 	t.Helper()
 	p, err := pubkey.ParsePublicKey(pub)
 	if err != nil {
@@ -367,21 +367,8 @@ func forgePub(t *testing.T, path, uri string, pub []byte, sk []byte, volID strin
 	m.Write(binary.BigEndian.AppendUint16(nil, uint16(len(encCtx))))
 	m.Write(encCtx)
 	m.Write(e)
-	var fileID [16]byte
-	rand.Read(fileID[:])
-	hdr, err := header.New(12, fileID, []header.Slot{{URI: uri, Context: encCtx, Wrapped: m.Sum(e[:len(e):len(e)])}}, dk.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ck := make([]byte, 32)
-	if err := header.Derive(ck, dk.Bytes(), fileID, header.ContentKey); err != nil {
-		t.Fatal(err)
-	}
-	c, err := blockcipher.New(ck, fileID, blockcipher.Layout{BlockSize: 4096, DataOffset: header.Size})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, append(hdr, c.SealBlocks(nil, plain, 0)...), 0o600); err != nil {
+	b := forgedFile(t, copySize, []header.Slot{{URI: uri, Context: encCtx, Wrapped: m.Sum(e[:len(e):len(e)])}}, dk.Bytes(), plain)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -406,11 +393,14 @@ func TestPublicKeyForgeryRefused(t *testing.T) {
 	writeFile(t, v.path("victim"), pattern("victim", 100))
 	victim := v.backing("victim")
 	v.unmount()
+	copySize := backingCopySize(t, victim)
 	volID := v.volumeID(t)
 
 	// A file: a data key of the attacker's under the public key.
 	guess := bytes.Repeat([]byte{0x42}, 32)
-	forgePub(t, victim, uri, pub, guess, volID, []byte("FORGED by the storage holder"))
+	// Laid out as the volume's files are (the victim's copy size), so
+	// that it is refused for its slot, not for its layout.
+	forgePub(t, victim, uri, pub, guess, volID, copySize, []byte("FORGED by the storage holder"))
 	v.mount()
 	decrypts := e.s.Count(kmsemu.Tencent, "AsymmetricRsaDecrypt", "")
 	if got, err := os.ReadFile(v.path("victim")); err == nil {
@@ -425,11 +415,16 @@ func TestPublicKeyForgeryRefused(t *testing.T) {
 	}
 	v.unmount()
 
-	// The configuration: names in clear, a slot key of the attacker's
-	// (so the tag verifies), a high epoch.
-	cfg := fmt.Sprintf(`{"format":"kmsfs","version":2,"volume_id":%q,"block_size":4096,"keys":[%q],"names":"plaintext","epoch":1000000,"slot_key":%q}`,
-		volID, uri, base64.StdEncoding.EncodeToString(guess))
-	forgePub(t, filepath.Join(v.cipherDir, "kmsfs.conf"), uri, pub, guess, volID, []byte(cfg))
+	// The configuration: of the volume's format version, names in
+	// clear, a slot key of the attacker's (so the tag verifies), a high
+	// epoch.
+	version := `"version":2`
+	if copySize != 0 {
+		version = fmt.Sprintf(`"version":3,"header_copy_size":%d`, copySize)
+	}
+	cfg := fmt.Sprintf(`{"format":"kmsfs",%s,"volume_id":%q,"block_size":4096,"keys":[%q],"names":"plaintext","epoch":1000000,"slot_key":%q}`,
+		version, volID, uri, base64.StdEncoding.EncodeToString(guess))
+	forgePub(t, filepath.Join(v.cipherDir, "kmsfs.conf"), uri, pub, guess, volID, 0, []byte(cfg)) // a version-1 header, as every kmsfs.conf
 	r := v.kmsfs(v.mountCommand()...)
 	if r.code == exitOK {
 		v.mounted, v.daemons = true, daemonsOf(v.mnt)

@@ -134,6 +134,10 @@ type Journal struct {
 	lastTry           time.Time
 }
 
+// slotReserve is how much of each slot's copy area a journal reserves
+// when it starts (see startLocked).
+const slotReserve = 128 << 10
+
 // keyRetry is how often writes try again to make a journal key the key
 // service refused.
 const keyRetry = 10 * time.Second
@@ -554,6 +558,17 @@ func (j *Journal) startLocked(ctx context.Context, keys Keyer) error {
 		if err != nil {
 			k.Close()
 			return err
+		}
+	}
+	// Every slot gets disk space for its record page and a small copy
+	// now, while there is some: an overwrite must keep working on a full
+	// disk, and an overwrite of a version-3 file (a block and its entry)
+	// always has a copy, also where no earlier write gave the slot space.
+	for i := 0; i < journalSlots; i++ {
+		err := unix.Fallocate(j.fd, unix.FALLOC_FL_KEEP_SIZE, j.slotOffset(i), journalHdr+min(slotReserve, j.slotSize-journalHdr))
+		if err != nil && !errors.Is(err, syscall.EOPNOTSUPP) {
+			j.log.Printf("kmsfs: write journal: reserving space for its slots: %v (overwrites on a full disk may fail)", err)
+			break
 		}
 	}
 	j.key = k

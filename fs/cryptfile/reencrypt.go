@@ -541,6 +541,9 @@ func (f *File) reencrypt3(ctx context.Context, fd, tfd int, c, p int64, from, to
 	src := &tx3{fd: fd, l: l, cph: from, c: c, metas: map[uint64]*meta3{}}
 	data := make([]byte, int64(blockcipher.GroupBlocks)*B+blockcipher.TagSize)
 	defer clear(data)
+	// Sealing writes the tag just past the block: into a buffer of its
+	// own, not over the next block, still to be opened.
+	sealed := make([]byte, B+blockcipher.TagSize)
 	for n := uint64(0); n < nblocks; {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -584,7 +587,8 @@ func (f *File) reencrypt3(ctx context.Context, fd, tfd int, c, p int64, from, to
 					if err := from.OpenData3(data[k:], int(mlen), b, e); err != nil {
 						return fmt.Errorf("%w: %w", ErrCorrupt, err)
 					}
-					to.SealData3(data[k:k+mlen:k+mlen+blockcipher.TagSize], data[k:k+mlen], b, ne)
+					to.SealData3(sealed[:mlen], data[k:k+mlen], b, ne)
+					copy(data[k:k+mlen], sealed[:mlen])
 				}
 			}
 			// Holes stay holes in the copy: only data blocks are written.
