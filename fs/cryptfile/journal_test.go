@@ -320,10 +320,19 @@ func parseJournalLog(t *testing.T, j *Journal, b []byte) []journalWrite {
 			}
 		}
 		w.copy = b[pos:at]
+		end := at + journalHdr
+		if len(w.copy) == 0 && w.rec.v4 && w.rec.length > 0 && w.rec.length <= clearSmall {
+			// A version-4 record and a small copy are one write: the
+			// record page, then the copy right after it.
+			if end+w.rec.length > len(b) {
+				t.Fatalf("journal log: the record of slot %d is not followed by its copy of %d bytes", w.slot, w.rec.length)
+			}
+			w.copy = b[end : end+w.rec.length]
+			end += w.rec.length
+		}
 		if len(w.copy) != w.rec.length {
 			t.Fatalf("journal log: %d bytes written before the record of slot %d, want its copy of %d", len(w.copy), w.slot, w.rec.length)
 		}
-		end := at + journalHdr
 		// Cleared right after the write: the record page and a copy of up
 		// to clearSmall bytes in one write of zeros; a larger copy is
 		// zeroed in place after the page (or overwritten, where that is

@@ -205,20 +205,37 @@ func (j *Journal) writeTxn(f *File, fd int, ranges []wrange, cut int64) error {
 		r.coff = recCut
 	}
 	h := sha256.New()
-	if err := j.writeCopy(slot, copied, copyLen); err != nil {
-		j.clearCopy(slot, copyLen)
-		return fmt.Errorf("write journal: %w", err)
-	}
 	for i, c := range copied {
 		r.ranges[i] = span{off: c.off, length: len(c.data)}
 		h.Write(c.data)
 	}
 	h.Sum(r.copyHash[:0])
-	hb := getBuf(journalHdr)
-	defer putBuf(hb)
-	if err := pwriteFull(j.fd, sealRecord(jc, slot, &r, *hb), base); err != nil {
-		j.clearCopy(slot, copyLen)
-		return fmt.Errorf("write journal: %w", err)
+	if copyLen <= clearSmall {
+		// The record page and the copy after it in one write: a death of
+		// the process in it leaves the record with a copy that does not
+		// match its hash, which a replay skips, and the file untouched.
+		hb := getBuf(journalHdr + int(copyLen))
+		defer putBuf(hb)
+		sealRecord(jc, slot, &r, (*hb)[:journalHdr])
+		at := journalHdr
+		for _, c := range copied {
+			at += copy((*hb)[at:], c.data)
+		}
+		if err := pwriteFull(j.fd, (*hb)[:at], base); err != nil {
+			j.clearUsed(slot, copyLen)
+			return fmt.Errorf("write journal: %w", err)
+		}
+	} else {
+		if err := j.writeCopy(slot, copied, copyLen); err != nil {
+			j.clearCopy(slot, copyLen)
+			return fmt.Errorf("write journal: %w", err)
+		}
+		hb := getBuf(journalHdr)
+		defer putBuf(hb)
+		if err := pwriteFull(j.fd, sealRecord(jc, slot, &r, *hb), base); err != nil {
+			j.clearCopy(slot, copyLen)
+			return fmt.Errorf("write journal: %w", err)
+		}
 	}
 	err := apply()
 	if err != nil && (ncopy > 0 || recCut >= 0) {
