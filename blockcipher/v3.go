@@ -165,6 +165,30 @@ func (c *Cipher) OpenData3(buf []byte, m int, n uint64, entry []byte) error {
 	return nil
 }
 
+// OpenData3To decrypts block n of version 3, whose ciphertext is src[:m]
+// and whose entry is entry, into dst[:m]. src must have room for
+// m+TagSize bytes; the TagSize bytes after the ciphertext are restored
+// afterwards. dst and src must not overlap. On failure dst[:m] is
+// cleared and a *BlockError wrapping ErrAuth is returned.
+func (c *Cipher) OpenData3To(dst, src []byte, m int, n uint64, entry []byte) error {
+	c.must3()
+	if m <= 0 || m > c.l.BlockSize || len(entry) != EntrySize || cap(src) < m+TagSize || len(dst) < m {
+		return &BlockError{Block: n, Err: fmt.Errorf("%d bytes: %w", m, ErrBadCipherSize)}
+	}
+	full := src[:m+TagSize]
+	var saved [TagSize]byte
+	copy(saved[:], full[m:])
+	copy(full[m:], entry[NonceSize:])
+	var ad ad3Buf
+	_, err := c.aead.Open(dst[:0], entry[:NonceSize], full, c.ad3(&ad, n, kindData))
+	copy(full[m:], saved[:])
+	if err != nil {
+		clear(dst[:m])
+		return &BlockError{Block: n, Err: ErrAuth}
+	}
+	return nil
+}
+
 // ZeroEntry reports whether an entry (or token) is all zeros: never
 // written, or zeroed.
 func ZeroEntry(e []byte) bool {

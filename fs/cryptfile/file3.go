@@ -692,6 +692,9 @@ func (f *File) writePaged3(fd int, c, p int64, data []byte, off int64) error {
 		}
 		p = gap
 	}
+	if off == p && p%B == 0 && c > blockcipher.PageSize && len(data) >= pipeMin {
+		return f.appendPipelined3(fd, c, p, data)
+	}
 	first, last := uint64(off/B), uint64((end-1)/B)
 	start := int64(first) * B
 	newP := max(p, end)
@@ -1082,8 +1085,12 @@ func (f *File) readBlocks3Direct(fd, dfd int, first, last uint64, p int64, out [
 	a1 := (end + directAlign - 1) &^ (directAlign - 1)
 	directSlots <- struct{}{}
 	defer func() { <-directSlots }()
-	buf := getDirect(int(a1 - a0))
-	defer directPool.Put(buf)
+	// A page more than read: decrypting the last block puts its tag, for
+	// a moment, after it.
+	pb := getDirect(int(a1-a0) + directAlign)
+	defer directPool.Put(pb)
+	buf := &[]byte{}
+	*buf = (*pb)[:a1-a0]
 	got := 0
 	for got < len(*buf) {
 		m, err := syscall.Pread(dfd, (*buf)[got:], a0+int64(got))
@@ -1133,14 +1140,112 @@ func (f *File) readBlocks3Direct(fd, dfd int, first, last uint64, p int64, out [
 			case c3.IsHoleEntry(e, b):
 				clear(out[k : k+mlen])
 			default:
+				// Straight from the direct buffer (the tag goes, for a
+				// moment, over the bytes after the block there).
 				src := l.DataOff(b) - a0
-				copy(out[k:k+mlen], (*buf)[src:src+mlen])
-				if err := c3.OpenData3(out[k:], int(mlen), b, e); err != nil {
+				if err := c3.OpenData3To(out[k:k+mlen], (*buf)[src:], int(mlen), b, e); err != nil {
 					return fmt.Errorf("%w: %w", ErrCorrupt, err)
 				}
 			}
 		}
 		n = z + 1
 	}
+	return nil
+}
+
+// appendPipelined3 appends data to a paged file of size p (a multiple of
+// the block size, backing size c), sealing it in steps on several cores
+// and writing each step's blocks as soon as they are sealed, so that the
+// writes overlap the encryption of what follows (a sequential writer
+// sends one request at a time). Instead of copying anything, the journal
+// holds a record that cuts the file back to c: until the record is
+// cleared a crash undoes the whole append, and the entries it writes into
+// pages that exist (of blocks past the old end) are then unused. Record A
+// names the new size first; record B once the journal record is cleared.
+func (f *File) appendPipelined3(fd int, c, p int64, data []byte) error {
+	l := f.cfg.V3
+	c3 := f.key.Cipher()
+	B := l.BlockSize
+	first := uint64(p / int64(B))
+	newP := p + int64(len(data))
+	nb := (len(data) + B - 1) / B
+	ra := c3.SizeRecord(uint64(newP))
+	if err := pwriteFull(fd, ra[:], l.RecordOff(0)); err != nil {
+		return fmt.Errorf("writing a size record: %w", err)
+	}
+	end, err := f.cfg.Journal.beginCut(f, fd, c)
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		// Back to where the append started, and its record cleared.
+		if terr := cutBack(fd, c); terr != nil {
+			err = errors.Join(err, fmt.Errorf("cutting back a failed append: %w", terr))
+		}
+		end()
+		return err
+	}
+	ctb := getBuf(len(data) + blockcipher.TagSize)
+	defer putBuf(ctb)
+	ct := (*ctb)[:len(data)]
+	ents := make([]byte, nb*blockcipher.EntrySize)
+	sb := max(1, pipeStep/B) // blocks per step
+	nsteps := (nb + sb - 1) / sb
+	done := make([]chan struct{}, nsteps)
+	for s := range nsteps {
+		done[s] = make(chan struct{})
+		k0, k1 := s*sb, min((s+1)*sb, nb)
+		go func() {
+			defer close(done[s])
+			for k := k0; k < k1; k++ {
+				lo, hi := k*B, min((k+1)*B, len(data))
+				e := ents[k*blockcipher.EntrySize : (k+1)*blockcipher.EntrySize]
+				if k == k1-1 && k1 < nb {
+					// The tag would land on the next step's first block.
+					tmp := getBuf(B + blockcipher.TagSize)
+					c3.SealData3((*tmp)[:hi-lo], data[lo:hi], first+uint64(k), e)
+					copy(ct[lo:hi], (*tmp)[:hi-lo])
+					putBuf(tmp)
+					continue
+				}
+				c3.SealData3(ct[lo:hi:hi+blockcipher.TagSize], data[lo:hi], first+uint64(k), e)
+			}
+		}()
+	}
+	var werr error
+	for s := range nsteps {
+		<-done[s]
+		if werr != nil {
+			continue
+		}
+		k0, k1 := s*sb, min((s+1)*sb, nb)
+		for k := k0; k < k1 && werr == nil; {
+			g, i := l.Group(first + uint64(k))
+			z := min(k1, k+l.GroupLen(g)-i) // blocks of this group in the step
+			werr = pwriteFull(fd, ct[k*B:min(z*B, len(ct))], l.DataOff(first+uint64(k)))
+			k = z
+		}
+	}
+	if werr != nil {
+		return fail(werr)
+	}
+	t := f.newTx(fd, c)
+	defer t.release()
+	for k := range nb {
+		if err := t.setEntry(first+uint64(k), ents[k*blockcipher.EntrySize:(k+1)*blockcipher.EntrySize]); err != nil {
+			return fail(err)
+		}
+	}
+	for _, r := range t.all() {
+		if err := pwriteFull(fd, r.data, r.off); err != nil {
+			return fail(err)
+		}
+	}
+	end()
+	rb := c3.SizeRecord(uint64(newP))
+	if err := pwriteFull(fd, rb[:], l.RecordOff(1)); err != nil {
+		return fmt.Errorf("writing a size record: %w", err)
+	}
+	f.okSize.Store(l.PagedSize(newP))
 	return nil
 }

@@ -358,6 +358,53 @@ func TestV3WriteAcrossPartialEnd(t *testing.T) {
 	}
 }
 
+// TestV3LargeAppends: appends of at least pipeMin at a block boundary go
+// through appendPipelined3 (sealed in steps, written as sealed): from
+// the middle of group 0, across groups, into a group that is a hole, and
+// with a partial last block; and through the journal, whose record is
+// cleared once the append is done.
+func TestV3LargeAppends(t *testing.T) {
+	for _, bs := range []int{4096, 65536} {
+		t.Run(fmt.Sprint(bs), func(t *testing.T) {
+			dir := t.TempDir()
+			j := openTestJournal(t, dir, JournalDataSize(blockcipher.Layout{BlockSize: bs, DataOffset: header.Size}), nil)
+			e := newEnv3(t, bs, nil, dir)
+			e.f.cfg.Journal = j
+			e.f.cfg.Keys = e.keyer
+			h := e.open()
+			r := mrand.New(mrand.NewPCG(5, uint64(bs)))
+			var m model
+			write := func(n int, off int64) {
+				t.Helper()
+				p := make([]byte, n)
+				for i := range p {
+					p[i] = byte(r.IntN(256))
+				}
+				if _, err := h.WriteAt(context.Background(), p, off); err != nil {
+					t.Fatalf("write %d at %d: %v", n, off, err)
+				}
+				m.write(p, off)
+				e.wasPaged = true
+				e.check(h, m)
+			}
+			write(3*bs, 0)
+			write(1<<20, int64(3*bs))        // from block 3, across groups
+			write(300<<10+77, int64(len(m))) // a partial last block
+			write(5, int64(len(m)))          // extends it
+			// Holes to the end, a hole group among them.
+			if err := h.Truncate(context.Background(), int64(len(m))+int64(200*bs)); err != nil {
+				t.Fatal(err)
+			}
+			m.truncate(int64(len(m)) + int64(200*bs))
+			e.check(h, m)
+			write(1<<20, int64(len(m))) // after the holes
+			if j.anyRecord() {
+				t.Fatal("a journal record is left after the appends")
+			}
+		})
+	}
+}
+
 // TestV3SparseIsSparse: a file grown by a terabyte-scale truncate stays
 // small on disk and reads zeros.
 func TestV3SparseIsSparse(t *testing.T) {

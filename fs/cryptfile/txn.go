@@ -305,3 +305,49 @@ func (j *Journal) unjournaled(rel, why string) {
 		j.log.Printf("kmsfs: a change of %s was written without the write journal (%s): a crash of the server during it may leave it torn; further such changes are not logged", rel, why)
 	}
 }
+
+// beginCut writes a record that only cuts the file behind fd back to
+// size bytes (its size now) if the server dies before end is called: an
+// append that writes its pages itself, as they are ready, and whose other
+// writes (entries of the new blocks) lie where a cut back leaves them
+// unused. end clears the record; the caller calls it once every write of
+// the append is done, and writes nothing the cut would not undo before.
+// Without a journal key it returns an end that does nothing.
+func (j *Journal) beginCut(f *File, fd int, size int64) (end func(), err error) {
+	nothing := func() {}
+	if j == nil || f.key == nil {
+		return nothing, nil
+	}
+	rel := f.name()
+	if rel == "" || len(rel) > maxTxnPath {
+		return nothing, nil
+	}
+	jc := j.cipher()
+	if jc == nil || j.kept.Load() >= journalSlots-1 {
+		return nothing, nil
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	slot := <-j.free
+	r := record{v4: true, fileID: f.key.FileID(), ino: st.Ino, cut: size, coff: size, path: rel}
+	r.copyHash = sha256.Sum256(nil)
+	hb := getBuf(journalHdr)
+	defer putBuf(hb)
+	if err := pwriteFull(j.fd, sealRecord(jc, slot, &r, *hb), j.slotOffset(slot)); err != nil {
+		j.clearUsed(slot, 0)
+		j.free <- slot
+		return nil, fmt.Errorf("write journal: %w", err)
+	}
+	return func() {
+		if err := j.clearUsed(slot, 0); err != nil {
+			// The record stays; the next mount cuts the file back to
+			// where it was, as if the append had not happened.
+			j.log.Printf("kmsfs: write to %s: %v: journal slot %d is kept for the next mount", rel, err, slot)
+			j.kept.Add(1)
+			return
+		}
+		j.free <- slot
+	}, nil
+}
